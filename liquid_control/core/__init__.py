@@ -1,0 +1,16 @@
+"""The deploy core: numpy only (no torch, no ROS).
+
+Wiring, LTC runtime, interface spec, message adapters and the policy file.
+"""
+
+from .adapters import ActionWriter, MessageRejected, ObservationAssembler
+from .policy import Policy
+from .policy_file import PolicyFileError
+from .spec import ActionElement, InterfaceSpec, ObservationElement, SpecError
+from .wiring import NCP, AutoNCP, FullyConnected, Random, Wiring, WiringError
+
+__all__ = [
+    "ActionElement", "ActionWriter", "AutoNCP", "FullyConnected", "InterfaceSpec", "MessageRejected",
+    "NCP", "ObservationAssembler", "ObservationElement", "Policy", "PolicyFileError", "Random",
+    "SpecError", "Wiring", "WiringError",
+]

@@ -1,0 +1,175 @@
+"""Liquid Time-Constant network, numpy runtime (the deploy path: no torch).
+
+Neuron model of Hasani et al., "Liquid Time-Constant Networks" (AAAI 2021, arXiv 2006.04439), as
+parameterised by Neural Circuit Policies. Each neuron j has a potential v_j with
+
+    cm_j dv_j/dt = gleak_j (vleak_j - v_j) + sum_i w_ij sigmoid(sigma_ij (v_i - mu_ij)) (erev_ij - v_j)
+
+(i runs over neurons and sensory inputs). The fused semi-implicit Euler step (paper eq. 3) with
+step h = elapsed / ode_unfolds, unrolled `ode_unfolds` times per control step, is
+
+    v_j <- (cm_j/h v_j + gleak_j vleak_j + sum_i w_ij s_ij erev_ij)
+           / (cm_j/h + gleak_j + sum_i w_ij s_ij + eps),     s_ij = sigmoid(sigma_ij (v_i - mu_ij)).
+
+The sensory terms depend on the input only, so they are computed once per control step. Inputs pass
+an affine map (input_w, input_b) first; outputs are the first `output_dim` (motor) neurons' states
+through an affine map (output_w, output_b). These are the numerics of `ncps.torch.LTCCell`.
+
+Parameters here are the *effective* (physical) values: conductances w, sensory_w, gleak and
+capacitances cm are >= 0, as the policy file stores them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .wiring import Wiring
+
+PARAM_NAMES = (
+    "gleak", "vleak", "cm",
+    "w", "sigma", "mu", "erev",
+    "sensory_w", "sensory_sigma", "sensory_mu", "sensory_erev",
+    "input_w", "input_b", "output_w", "output_b",
+)
+POSITIVE_PARAMS = ("gleak", "cm", "w", "sensory_w")
+
+
+def param_shapes(wiring: Wiring) -> dict[str, tuple[int, ...]]:
+    """Shape of every LTC parameter for a wiring."""
+    n, s, m = wiring.units, wiring.input_dim, wiring.output_dim
+    return {
+        "gleak": (n,), "vleak": (n,), "cm": (n,),
+        "w": (n, n), "sigma": (n, n), "mu": (n, n), "erev": (n, n),
+        "sensory_w": (s, n), "sensory_sigma": (s, n), "sensory_mu": (s, n), "sensory_erev": (s, n),
+        "input_w": (s,), "input_b": (s,), "output_w": (m,), "output_b": (m,),
+    }
+
+
+def init_params(wiring: Wiring, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random initial parameters in the ranges `ncps` uses (erev = wiring polarity)."""
+    rng = np.random.default_rng(seed)
+    shapes = param_shapes(wiring)
+
+    def uniform(name: str, lo: float, hi: float) -> np.ndarray:
+        return rng.uniform(lo, hi, shapes[name])
+
+    return {
+        "gleak": uniform("gleak", 0.001, 1.0),
+        "vleak": uniform("vleak", -0.2, 0.2),
+        "cm": uniform("cm", 0.4, 0.6),
+        "w": uniform("w", 0.001, 1.0),
+        "sigma": uniform("sigma", 3.0, 8.0),
+        "mu": uniform("mu", 0.3, 0.8),
+        "erev": wiring.adjacency.astype(np.float64),
+        "sensory_w": uniform("sensory_w", 0.001, 1.0),
+        "sensory_sigma": uniform("sensory_sigma", 3.0, 8.0),
+        "sensory_mu": uniform("sensory_mu", 0.3, 0.8),
+        "sensory_erev": wiring.sensory_adjacency.astype(np.float64),
+        "input_w": np.ones(shapes["input_w"]),
+        "input_b": np.zeros(shapes["input_b"]),
+        "output_w": np.ones(shapes["output_w"]),
+        "output_b": np.zeros(shapes["output_b"]),
+    }
+
+
+@dataclass
+class LTCCell:
+    """Precomputed LTC step for one wiring and parameter set (float64, one sample).
+
+    `step(x, v, elapsed)` advances the state `v` (units,) by `elapsed` time units with input `x`
+    (input_dim,) and returns ``(output, new_state)``.
+
+    Speed: numpy costs ~1-2 us per call whatever the size at 19 neurons, so the step is written as
+    few calls over the existing synapses only. With sigmoid(z) = (1 + tanh(z/2)) / 2, every unfold is
+
+        t = tanh([v, 1] @ G)          # one entry per synapse: sigma/2 (v_src - mu)
+        [num, den] = [t, v, 1] @ M    # M holds w*erev/2, w/2, diag(cm/h) and the constant terms
+        v = num / den
+
+    four numpy calls, with M's diagonal and constant row refreshed once per control step.
+    """
+
+    wiring: Wiring
+    params: dict[str, np.ndarray]
+    ode_unfolds: int = 6
+    epsilon: float = 1e-8
+
+    def __post_init__(self) -> None:
+        p = {k: np.asarray(v, np.float64) for k, v in self.params.items()}
+        n, m = self.wiring.units, self.wiring.output_dim
+        src, dst = np.nonzero(self.wiring.adjacency)
+        ssrc, sdst = np.nonzero(self.wiring.sensory_adjacency)
+        k, ks = src.size, ssrc.size
+
+        def tanh_arguments(rows: int, src, sigma, mu) -> np.ndarray:
+            g = np.zeros((rows + 1, src.size))
+            g[src, np.arange(src.size)] = 0.5 * sigma
+            g[rows, :] = -0.5 * sigma * mu
+            return g
+
+        def synapse_sums(dst, w, erev) -> np.ndarray:
+            out = np.zeros((dst.size, 2 * n))
+            out[np.arange(dst.size), dst] = 0.5 * w * erev
+            out[np.arange(dst.size), n + dst] = 0.5 * w
+            return out
+
+        def constant_half(dst, w, erev) -> tuple[np.ndarray, np.ndarray]:
+            return np.bincount(dst, 0.5 * w * erev, n), np.bincount(dst, 0.5 * w, n)
+
+        w, e = p["w"][src, dst], p["erev"][src, dst]
+        sw, se = p["sensory_w"][ssrc, sdst], p["sensory_erev"][ssrc, sdst]
+        self._G = tanh_arguments(n, src, p["sigma"][src, dst], p["mu"][src, dst])
+        self._Gs = tanh_arguments(self.wiring.input_dim, ssrc, p["sensory_sigma"][ssrc, sdst],
+                                  p["sensory_mu"][ssrc, sdst])
+        self._M = np.zeros((k + n + 1, 2 * n))
+        self._M[:k] = synapse_sums(dst, w, e)
+        self._Ms = synapse_sums(sdst, sw, se)
+        half_num, half_den = constant_half(dst, w, e)
+        shalf_num, shalf_den = constant_half(sdst, sw, se)
+        const_num = p["gleak"] * p["vleak"] + half_num + shalf_num
+        const_den = p["gleak"] + half_den + shalf_den + self.epsilon
+        self._cm_unfolds = p["cm"] * self.ode_unfolds
+        self._diag = (np.arange(k, k + n), np.arange(n))
+        # Fold the input affine map into the sensory tanh arguments: [x, 1] @ Gs.
+        gs = self._Gs
+        gs[-1] += p["input_b"] @ gs[:-1]
+        gs[:-1] *= p["input_w"][:, None]
+        self._const = np.concatenate([const_num, const_den])
+        self._out_w, self._out_b = p["output_w"], p["output_b"]
+        self._k, self._n, self._m = k, n, m
+        # Work buffers and their views, made once: the step allocates almost nothing.
+        self._u = np.zeros(k + n + 1)  # [t, v, 1]
+        self._u[-1] = 1.0
+        self._t, self._v, self._v1 = self._u[:k], self._u[k : k + n], self._u[k:]
+        self._nd = np.zeros(2 * n)
+        self._num, self._den = self._nd[:n], self._nd[n:]
+        self._xs = np.ones(self.wiring.input_dim + 1)  # [x, 1]
+        self._x = self._xs[:-1]
+        self._last_row, self._last_row_den = self._M[-1], self._M[-1, n:]
+
+    @property
+    def units(self) -> int:
+        return self.wiring.units
+
+    def zero_state(self) -> np.ndarray:
+        return np.zeros(self.units)
+
+    def step(self, x: np.ndarray, v: np.ndarray, elapsed: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        self._x[:] = x
+        sensory = np.dot(np.tanh(np.dot(self._xs, self._Gs)), self._Ms)  # once per step
+        cm_t = self._cm_unfolds / elapsed  # cm / h with h = elapsed / ode_unfolds
+        M = self._M
+        M[self._diag] = cm_t
+        np.add(self._const, sensory, out=self._last_row)
+        self._last_row_den += cm_t
+        u, t, vv, v1, G, nd = self._u, self._t, self._v, self._v1, self._G, self._nd
+        vv[:] = v
+        for _ in range(self.ode_unfolds):
+            np.dot(v1, G, out=t)
+            np.tanh(t, out=t)
+            np.dot(u, M, out=nd)
+            np.divide(self._num, self._den, out=vv)
+        v = vv.copy()
+        return v[: self._m] * self._out_w + self._out_b, v

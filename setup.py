@@ -1,0 +1,89 @@
+"""ament_python + pip package for liquid_control.
+
+`colcon build` uses package.xml for ROS dependencies; `pip install .[ros]` pulls the ROS 2 Kilted
+wheels instead, so a ROS install never gets them from pip.
+"""
+
+import os
+
+from setuptools import find_packages, setup
+
+PACKAGE = "liquid_control"
+
+
+def tree(folder: str) -> list[tuple[str, list[str]]]:
+    """data_files entries installing `folder` (recursively) under share/liquid_control."""
+    entries = []
+    for root, _dirs, files in os.walk(folder):
+        paths = [os.path.join(root, f) for f in files if not f.startswith(".")]
+        if paths:
+            entries.append((os.path.join("share", PACKAGE, root), paths))
+    return entries
+
+
+ROS_WHEELS = [
+    "ros-rclpy",
+    "ros-rmw-fastrtps-cpp",
+    "ros-std-msgs",
+    "ros-sensor-msgs",
+    "ros-geometry-msgs",
+    "ros-nav-msgs",
+    "ros-diagnostic-msgs",
+    "ros-std-srvs",
+    "ros-rosgraph-msgs",
+    "ros-trajectory-msgs",
+    "ros-lifecycle-msgs",
+]
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(exclude=["test", "test.*"]),
+    python_requires=">=3.10",
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
+        ("share/" + PACKAGE, ["package.xml"]),
+        *tree("launch"),
+        *tree("config"),
+        *tree("sim"),
+        *tree("policies"),
+    ],
+    # The deploy path: numpy only (plus rclpy, which a ROS install provides).
+    install_requires=["numpy>=1.22", "PyYAML>=5.4"],
+    extras_require={
+        "ros": ROS_WHEELS,
+        "sim": ["mujoco>=3.1", "gymnasium>=1.0"],
+        "train": [
+            "torch>=2.2",
+            "mujoco>=3.1",
+            "gymnasium>=1.0",
+            "stable-baselines3>=2.3",
+            "sb3-contrib>=2.3",
+            "tensorboard",
+            "tqdm",
+            "matplotlib>=3.6",
+            "onnx",
+            "onnxruntime",
+        ],
+        "test": [
+            "pytest>=7",
+            "pytest-timeout",
+            "hypothesis>=6",
+            "ncps==1.0.1",
+            "safetensors",
+            "ruff",
+        ],
+    },
+    zip_safe=True,
+    maintainer="liquid_control developers",
+    description="Liquid Time-Constant neural circuit policies for ROS 2",
+    license="Apache-2.0",
+    tests_require=["pytest"],
+    entry_points={
+        "console_scripts": [
+            "liquid-control = liquid_control.cli:main",
+            "policy_node = liquid_control.ros.policy_node:main",
+            "sim_node = liquid_control.ros.sim_node:main",
+        ],
+    },
+)
