@@ -10,7 +10,19 @@ from .spec import ActionElement, InterfaceSpec, ObservationElement, SpecError
 from .wiring import NCP, AutoNCP, FullyConnected, Random, Wiring, WiringError
 
 __all__ = [
-    "ActionElement", "ActionWriter", "AutoNCP", "FullyConnected", "InterfaceSpec", "MessageRejected",
-    "NCP", "ObservationAssembler", "ObservationElement", "Policy", "PolicyFileError", "Random",
-    "SpecError", "Wiring", "WiringError",
+    "ActionElement",
+    "ActionWriter",
+    "AutoNCP",
+    "FullyConnected",
+    "InterfaceSpec",
+    "MessageRejected",
+    "NCP",
+    "ObservationAssembler",
+    "ObservationElement",
+    "Policy",
+    "PolicyFileError",
+    "Random",
+    "SpecError",
+    "Wiring",
+    "WiringError",
 ]

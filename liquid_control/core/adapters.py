@@ -63,7 +63,9 @@ def _read_joint_state(elements: list[ObservationElement]) -> Callable[[Any], np.
             lookup = {n: i for i, n in enumerate(names)}
             missing = [k for k, _ in wanted if k not in lookup]
             if missing:
-                raise MessageRejected("missing_joint", f"joints {sorted(set(missing))} not in {list(names)}")
+                raise MessageRejected(
+                    "missing_joint", f"joints {sorted(set(missing))} not in {list(names)}"
+                )
             idx = [lookup[k] for k, _ in wanted]
             if len(cache) > 8:
                 cache.clear()
@@ -113,7 +115,9 @@ def _read_multi_array(elements: list[ObservationElement]) -> Callable[[Any], np.
     def read(msg: Any) -> np.ndarray:
         data = np.asarray(msg.data, np.float64)
         if data.size < need:
-            raise MessageRejected("wrong_length", f"Float64MultiArray.data has {data.size} values, need {need}")
+            raise MessageRejected(
+                "wrong_length", f"Float64MultiArray.data has {data.size} values, need {need}"
+            )
         return data[index]
 
     return read
@@ -185,8 +189,11 @@ class ObservationAssembler:
                 if fn is not None and pos.size:
                     transforms.append((pos, fn))
             self.readers[topic] = TopicReader(
-                topic, elements[0].msg_type, np.array([i for i, _ in items]),
-                READERS[elements[0].msg_type](elements), transforms,
+                topic,
+                elements[0].msg_type,
+                np.array([i for i, _ in items]),
+                READERS[elements[0].msg_type](elements),
+                transforms,
             )
         self._raw = np.zeros(spec.obs_dim)
         self.last_update_s: dict[str, float | None] = {t: None for t in self.readers}
@@ -244,19 +251,25 @@ def _set_path(msg: Any, path: str, value: float) -> None:
     setattr(msg, last, float(value))
 
 
-def _write_multi_array(msg: Any, elements: list[ActionElement], values: np.ndarray, make: Callable) -> None:
+def _write_multi_array(
+    msg: Any, elements: list[ActionElement], values: np.ndarray, make: Callable
+) -> None:
     data = [0.0] * (max(e.index for e in elements) + 1)
     for e, v in zip(elements, values, strict=True):
         data[e.index] = float(v)
     msg.data = data
 
 
-def _write_fields(msg: Any, elements: list[ActionElement], values: np.ndarray, make: Callable) -> None:
+def _write_fields(
+    msg: Any, elements: list[ActionElement], values: np.ndarray, make: Callable
+) -> None:
     for e, v in zip(elements, values, strict=True):
         _set_path(msg, e.field, v)
 
 
-def _write_trajectory(msg: Any, elements: list[ActionElement], values: np.ndarray, make: Callable) -> None:
+def _write_trajectory(
+    msg: Any, elements: list[ActionElement], values: np.ndarray, make: Callable
+) -> None:
     joints = list(dict.fromkeys(e.key for e in elements))
     point = make("trajectory_msgs/JointTrajectoryPoint")
     columns: dict[str, list[float]] = {}
@@ -284,7 +297,11 @@ class ActionWriter:
         for i, e in enumerate(spec.actions):
             by_topic.setdefault(e.topic, []).append((i, e))
         for topic, items in by_topic.items():
-            self.topics[topic] = (items[0][1].msg_type, np.array([i for i, _ in items]), [e for _, e in items])
+            self.topics[topic] = (
+                items[0][1].msg_type,
+                np.array([i for i, _ in items]),
+                [e for _, e in items],
+            )
 
     def fill(self, topic: str, msg: Any, action: np.ndarray, make: Callable[[str], Any]) -> Any:
         """Write the elements of `action` that belong to `topic` into `msg`; `make(type)` builds
@@ -301,7 +318,9 @@ class ActionWriter:
 
 def message_from_fields(fields: dict[str, Any]) -> SimpleNamespace:
     """A message-shaped namespace from nested dicts: {"twist": {"twist": {"linear": {"x": 1}}}}."""
-    return SimpleNamespace(**{k: message_from_fields(v) if isinstance(v, dict) else v for k, v in fields.items()})
+    return SimpleNamespace(
+        **{k: message_from_fields(v) if isinstance(v, dict) else v for k, v in fields.items()}
+    )
 
 
 def fields_to_message(msg: Any, fields: dict[str, Any]) -> Any:
@@ -312,4 +331,3 @@ def fields_to_message(msg: Any, fields: dict[str, Any]) -> Any:
         else:
             setattr(msg, k, v if not isinstance(v, np.ndarray) else v.tolist())
     return msg
-

@@ -28,10 +28,21 @@ import numpy as np
 from .wiring import Wiring
 
 PARAM_NAMES = (
-    "gleak", "vleak", "cm",
-    "w", "sigma", "mu", "erev",
-    "sensory_w", "sensory_sigma", "sensory_mu", "sensory_erev",
-    "input_w", "input_b", "output_w", "output_b",
+    "gleak",
+    "vleak",
+    "cm",
+    "w",
+    "sigma",
+    "mu",
+    "erev",
+    "sensory_w",
+    "sensory_sigma",
+    "sensory_mu",
+    "sensory_erev",
+    "input_w",
+    "input_b",
+    "output_w",
+    "output_b",
 )
 POSITIVE_PARAMS = ("gleak", "cm", "w", "sensory_w")
 
@@ -40,10 +51,21 @@ def param_shapes(wiring: Wiring) -> dict[str, tuple[int, ...]]:
     """Shape of every LTC parameter for a wiring."""
     n, s, m = wiring.units, wiring.input_dim, wiring.output_dim
     return {
-        "gleak": (n,), "vleak": (n,), "cm": (n,),
-        "w": (n, n), "sigma": (n, n), "mu": (n, n), "erev": (n, n),
-        "sensory_w": (s, n), "sensory_sigma": (s, n), "sensory_mu": (s, n), "sensory_erev": (s, n),
-        "input_w": (s,), "input_b": (s,), "output_w": (m,), "output_b": (m,),
+        "gleak": (n,),
+        "vleak": (n,),
+        "cm": (n,),
+        "w": (n, n),
+        "sigma": (n, n),
+        "mu": (n, n),
+        "erev": (n, n),
+        "sensory_w": (s, n),
+        "sensory_sigma": (s, n),
+        "sensory_mu": (s, n),
+        "sensory_erev": (s, n),
+        "input_w": (s,),
+        "input_b": (s,),
+        "output_w": (m,),
+        "output_b": (m,),
     }
 
 
@@ -101,7 +123,7 @@ class LTCCell:
         n, m = self.wiring.units, self.wiring.output_dim
         src, dst = np.nonzero(self.wiring.adjacency)
         ssrc, sdst = np.nonzero(self.wiring.sensory_adjacency)
-        k, ks = src.size, ssrc.size
+        k = src.size
 
         def tanh_arguments(rows: int, src, sigma, mu) -> np.ndarray:
             g = np.zeros((rows + 1, src.size))
@@ -121,8 +143,9 @@ class LTCCell:
         w, e = p["w"][src, dst], p["erev"][src, dst]
         sw, se = p["sensory_w"][ssrc, sdst], p["sensory_erev"][ssrc, sdst]
         self._G = tanh_arguments(n, src, p["sigma"][src, dst], p["mu"][src, dst])
-        self._Gs = tanh_arguments(self.wiring.input_dim, ssrc, p["sensory_sigma"][ssrc, sdst],
-                                  p["sensory_mu"][ssrc, sdst])
+        self._Gs = tanh_arguments(
+            self.wiring.input_dim, ssrc, p["sensory_sigma"][ssrc, sdst], p["sensory_mu"][ssrc, sdst]
+        )
         self._M = np.zeros((k + n + 1, 2 * n))
         self._M[:k] = synapse_sums(dst, w, e)
         self._Ms = synapse_sums(sdst, sw, se)
@@ -156,7 +179,9 @@ class LTCCell:
     def zero_state(self) -> np.ndarray:
         return np.zeros(self.units)
 
-    def step(self, x: np.ndarray, v: np.ndarray, elapsed: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    def step(
+        self, x: np.ndarray, v: np.ndarray, elapsed: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray]:
         self._x[:] = x
         sensory = np.dot(np.tanh(np.dot(self._xs, self._Gs)), self._Ms)  # once per step
         cm_t = self._cm_unfolds / elapsed  # cm / h with h = elapsed / ode_unfolds

@@ -41,9 +41,13 @@ class Policy:
     ) -> None:
         check_params(wiring, params)
         if spec.obs_dim != wiring.input_dim:
-            raise SpecError(f"spec has {spec.obs_dim} observations but the wiring has {wiring.input_dim} sensory inputs")
+            raise SpecError(
+                f"spec has {spec.obs_dim} observations but the wiring has {wiring.input_dim} sensory inputs"
+            )
         if spec.action_dim != wiring.output_dim:
-            raise SpecError(f"spec has {spec.action_dim} actions but the wiring has {wiring.output_dim} motor neurons")
+            raise SpecError(
+                f"spec has {spec.action_dim} actions but the wiring has {wiring.output_dim} motor neurons"
+            )
         if not isinstance(ode_unfolds, int) or ode_unfolds < 1:
             raise ValueError(f"ode_unfolds: expected an integer >= 1, got {ode_unfolds!r}")
         self.wiring = wiring
@@ -79,9 +83,15 @@ class Policy:
         if obs.shape != (self.spec.obs_dim,):
             raise ValueError(f"observation: expected shape ({self.spec.obs_dim},), got {obs.shape}")
         if not np.isfinite(obs).all():
-            raise ValueError(f"observation: NaN or Inf at {np.flatnonzero(~np.isfinite(obs)).tolist()}")
+            raise ValueError(
+                f"observation: NaN or Inf at {np.flatnonzero(~np.isfinite(obs)).tolist()}"
+            )
         if dt is None:
-            elapsed = 1.0 if self.time_unit_s == self.spec.control_period_s else self.spec.control_period_s / self.time_unit_s
+            elapsed = (
+                1.0
+                if self.time_unit_s == self.spec.control_period_s
+                else self.spec.control_period_s / self.time_unit_s
+            )
         else:
             if not (isinstance(dt, (int, float, np.floating)) and math.isfinite(dt) and dt > 0):
                 raise ValueError(f"dt: expected a finite number of seconds > 0, got {dt!r}")
@@ -129,7 +139,9 @@ class Policy:
             raise PolicyFileError(path, f"model: expected {{'type': 'LTC', ...}}, got {model!r}")
         for key in ("input_mapping", "output_mapping"):
             if model.get(key, "affine") != "affine":
-                raise PolicyFileError(path, f"model.{key}: expected 'affine', got {model.get(key)!r}")
+                raise PolicyFileError(
+                    path, f"model.{key}: expected 'affine', got {model.get(key)!r}"
+                )
         try:
             wiring = Wiring.from_dict(meta.get("wiring"))
         except WiringError as exc:
@@ -140,7 +152,9 @@ class Policy:
             raise PolicyFileError(path, f"interface spec: {exc}") from None
         try:
             policy = cls(
-                wiring, tensors, spec,
+                wiring,
+                tensors,
+                spec,
                 ode_unfolds=model.get("ode_unfolds", 6),
                 epsilon=model.get("epsilon", 1e-8),
                 time_unit_s=model.get("time_unit_s"),
@@ -179,9 +193,13 @@ def check_params(wiring: Wiring, params: dict[str, np.ndarray]) -> None:
     for name in PARAM_NAMES:
         arr = np.asarray(params[name])
         if arr.shape != shapes[name]:
-            raise ValueError(f"weights: tensor {name!r} has shape {list(arr.shape)}, the wiring needs {list(shapes[name])}")
+            raise ValueError(
+                f"weights: tensor {name!r} has shape {list(arr.shape)}, the wiring needs {list(shapes[name])}"
+            )
         bad = ~np.isfinite(arr)
         if bad.any():
             raise ValueError(f"weights: tensor {name!r} has {int(bad.sum())} NaN/Inf values")
         if name in POSITIVE_PARAMS and (arr < 0).any():
-            raise ValueError(f"weights: tensor {name!r} has negative values (min {arr.min():.3g}); conductances and capacitances must be >= 0")
+            raise ValueError(
+                f"weights: tensor {name!r} has negative values (min {arr.min():.3g}); conductances and capacitances must be >= 0"
+            )

@@ -53,7 +53,9 @@ def content_hash(metadata: dict[str, Any], tensors: dict[str, np.ndarray]) -> st
     h.update(canonical_json({k: v for k, v in metadata.items() if k != "content_hash"}).encode())
     for name in sorted(tensors):
         arr = np.ascontiguousarray(tensors[name])
-        h.update(f"\n{name}:{_DTYPE_NAMES[arr.dtype.newbyteorder('<')]}:{list(arr.shape)}\n".encode())
+        h.update(
+            f"\n{name}:{_DTYPE_NAMES[arr.dtype.newbyteorder('<')]}:{list(arr.shape)}\n".encode()
+        )
         h.update(arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
     return "sha256:" + h.hexdigest()
 
@@ -85,12 +87,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         pass  # some filesystems do not fsync folders; the rename is still atomic
 
 
-def write_policy_file(path: str | os.PathLike, metadata: dict[str, Any], tensors: dict[str, np.ndarray]) -> str:
+def write_policy_file(
+    path: str | os.PathLike, metadata: dict[str, Any], tensors: dict[str, np.ndarray]
+) -> str:
     """Write tensors (float32/float64) and metadata; returns the content hash stored in the file."""
     tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     for name, arr in tensors.items():
         if arr.dtype.newbyteorder("<") not in _DTYPE_NAMES:
-            raise PolicyFileError(path, f"tensor {name!r}: dtype {arr.dtype} not supported, expected float32/float64")
+            raise PolicyFileError(
+                path, f"tensor {name!r}: dtype {arr.dtype} not supported, expected float32/float64"
+            )
     meta = {**metadata, "format": FORMAT, "format_version": FORMAT_VERSION}
     meta.pop("content_hash", None)
     meta["content_hash"] = content_hash(meta, tensors)
@@ -115,12 +121,18 @@ def write_policy_file(path: str | os.PathLike, metadata: dict[str, Any], tensors
 
 def _refuse_foreign(path: str | os.PathLike, blob: bytes) -> None:
     if blob[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
-        raise PolicyFileError(path, "this is a Python pickle; policy files are never unpickled "
-                                    "(expected a liquid_control safetensors policy file)")
+        raise PolicyFileError(
+            path,
+            "this is a Python pickle; policy files are never unpickled "
+            "(expected a liquid_control safetensors policy file)",
+        )
     if blob[:4] == b"PK\x03\x04":
-        raise PolicyFileError(path, "this is a zip archive (torch.save checkpoint?); it is never unpickled "
-                                    "(expected a liquid_control safetensors policy file; convert it with "
-                                    "`liquid-control export`)")
+        raise PolicyFileError(
+            path,
+            "this is a zip archive (torch.save checkpoint?); it is never unpickled "
+            "(expected a liquid_control safetensors policy file; convert it with "
+            "`liquid-control export`)",
+        )
 
 
 def read_policy_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -135,11 +147,14 @@ def read_policy_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str,
         raise PolicyFileError(path, f"cannot be read ({exc.strerror})") from None
     _refuse_foreign(path, blob)
     if len(blob) < 8:
-        raise PolicyFileError(path, f"truncated: {len(blob)} bytes, a policy file starts with an 8-byte header length")
+        raise PolicyFileError(
+            path, f"truncated: {len(blob)} bytes, a policy file starts with an 8-byte header length"
+        )
     (n,) = struct.unpack("<Q", blob[:8])
     if n > MAX_HEADER_BYTES or 8 + n > len(blob):
         raise PolicyFileError(
-            path, f"truncated or not a policy file: header length {n} but the file has {len(blob) - 8} bytes after it"
+            path,
+            f"truncated or not a policy file: header length {n} but the file has {len(blob) - 8} bytes after it",
         )
     try:
         header = json.loads(blob[8 : 8 + n].decode("utf-8"))
@@ -151,16 +166,25 @@ def read_policy_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str,
 
     meta_raw = header.pop("__metadata__", None)
     if not isinstance(meta_raw, dict) or METADATA_KEY not in meta_raw:
-        raise PolicyFileError(path, f"no '{METADATA_KEY}' metadata: a safetensors file, but not a liquid_control policy")
+        raise PolicyFileError(
+            path,
+            f"no '{METADATA_KEY}' metadata: a safetensors file, but not a liquid_control policy",
+        )
     try:
         meta = json.loads(meta_raw[METADATA_KEY])
     except (TypeError, json.JSONDecodeError) as exc:
         raise PolicyFileError(path, f"corrupt metadata: not JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise PolicyFileError(path, f"format is {meta.get('format') if isinstance(meta, dict) else meta!r}, expected {FORMAT!r}")
+        raise PolicyFileError(
+            path,
+            f"format is {meta.get('format') if isinstance(meta, dict) else meta!r}, expected {FORMAT!r}",
+        )
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
-        raise PolicyFileError(path, f"format_version is {version!r}; this liquid_control reads version {FORMAT_VERSION}")
+        raise PolicyFileError(
+            path,
+            f"format_version is {version!r}; this liquid_control reads version {FORMAT_VERSION}",
+        )
 
     tensors: dict[str, np.ndarray] = {}
     end_max = 0
@@ -170,19 +194,33 @@ def read_policy_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str,
             shape = tuple(int(d) for d in info["shape"])
             begin, end = (int(o) for o in info["data_offsets"])
         except (KeyError, TypeError, ValueError):
-            raise PolicyFileError(path, f"tensor {name!r}: bad entry {info!r}, expected dtype F32/F64, shape, data_offsets") from None
+            raise PolicyFileError(
+                path,
+                f"tensor {name!r}: bad entry {info!r}, expected dtype F32/F64, shape, data_offsets",
+            ) from None
         count = int(np.prod(shape)) if shape else 1
         if any(d < 0 for d in shape) or end - begin != count * dtype.itemsize or begin < 0:
-            raise PolicyFileError(path, f"tensor {name!r}: {end - begin} bytes for shape {list(shape)} of {info['dtype']}")
+            raise PolicyFileError(
+                path,
+                f"tensor {name!r}: {end - begin} bytes for shape {list(shape)} of {info['dtype']}",
+            )
         if end > len(buffer):
-            raise PolicyFileError(path, f"truncated: tensor {name!r} ends at byte {end}, the data has {len(buffer)}")
+            raise PolicyFileError(
+                path, f"truncated: tensor {name!r} ends at byte {end}, the data has {len(buffer)}"
+            )
         tensors[name] = np.frombuffer(buffer[begin:end], dtype=dtype).reshape(shape).copy()
         end_max = max(end_max, end)
     if end_max != len(buffer):
-        raise PolicyFileError(path, f"{len(buffer) - end_max} unexpected bytes after the last tensor (corrupt or appended to)")
+        raise PolicyFileError(
+            path,
+            f"{len(buffer) - end_max} unexpected bytes after the last tensor (corrupt or appended to)",
+        )
     expected = meta.get("content_hash")
     actual = content_hash(meta, tensors)
     if expected != actual:
-        raise PolicyFileError(path, f"content hash mismatch: the file says {expected}, its content hashes to {actual} "
-                                    "(corrupted or edited)")
+        raise PolicyFileError(
+            path,
+            f"content hash mismatch: the file says {expected}, its content hashes to {actual} "
+            "(corrupted or edited)",
+        )
     return meta, tensors

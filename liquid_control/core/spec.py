@@ -79,17 +79,25 @@ class ObservationElement:
         if not self.topic:
             raise SpecError(f"{where}.topic: must not be empty")
         if self.msg_type not in OBSERVATION_TYPES:
-            raise SpecError(f"{where}.msg_type: expected one of {OBSERVATION_TYPES}, got {self.msg_type!r}")
+            raise SpecError(
+                f"{where}.msg_type: expected one of {OBSERVATION_TYPES}, got {self.msg_type!r}"
+            )
         if self.transform not in TRANSFORMS:
-            raise SpecError(f"{where}.transform: expected one of {TRANSFORMS}, got {self.transform!r}")
+            raise SpecError(
+                f"{where}.transform: expected one of {TRANSFORMS}, got {self.transform!r}"
+            )
         if self.msg_type == "sensor_msgs/JointState":
             if self.field not in JOINT_FIELDS:
-                raise SpecError(f"{where}.field: JointState field must be one of {JOINT_FIELDS}, got {self.field!r}")
+                raise SpecError(
+                    f"{where}.field: JointState field must be one of {JOINT_FIELDS}, got {self.field!r}"
+                )
             if not self.key:
                 raise SpecError(f"{where}.key: JointState elements need the joint name")
         if self.msg_type == "sensor_msgs/LaserScan":
             if self.field != "ranges":
-                raise SpecError(f"{where}.field: LaserScan elements read 'ranges', got {self.field!r}")
+                raise SpecError(
+                    f"{where}.field: LaserScan elements read 'ranges', got {self.field!r}"
+                )
             if not self.sectors or self.index is None or not 0 <= self.index < self.sectors:
                 raise SpecError(
                     f"{where}: LaserScan elements need sectors >= 1 and 0 <= index < sectors, "
@@ -125,8 +133,12 @@ class ActionElement:
         if not self.name:
             raise SpecError(f"{where}.name: must not be empty")
         if self.msg_type not in ACTION_TYPES:
-            raise SpecError(f"{where}.msg_type: expected one of {ACTION_TYPES}, got {self.msg_type!r}")
-        if self.msg_type == "std_msgs/Float64MultiArray" and (self.field != "data" or self.index is None or self.index < 0):
+            raise SpecError(
+                f"{where}.msg_type: expected one of {ACTION_TYPES}, got {self.msg_type!r}"
+            )
+        if self.msg_type == "std_msgs/Float64MultiArray" and (
+            self.field != "data" or self.index is None or self.index < 0
+        ):
             raise SpecError(f"{where}: Float64MultiArray actions write 'data' at an index >= 0")
         if self.msg_type == "trajectory_msgs/JointTrajectory":
             if self.field not in TRAJECTORY_FIELDS or not self.key:
@@ -134,9 +146,16 @@ class ActionElement:
                     f"{where}: JointTrajectory actions need field in {TRAJECTORY_FIELDS} and key = joint name"
                 )
         if self.msg_type == "geometry_msgs/Twist" and self.field not in (
-            "linear.x", "linear.y", "linear.z", "angular.x", "angular.y", "angular.z"
+            "linear.x",
+            "linear.y",
+            "linear.z",
+            "angular.x",
+            "angular.y",
+            "angular.z",
         ):
-            raise SpecError(f"{where}.field: Twist actions write linear.x|y|z or angular.x|y|z, got {self.field!r}")
+            raise SpecError(
+                f"{where}.field: Twist actions write linear.x|y|z or angular.x|y|z, got {self.field!r}"
+            )
         _finite(f"{where}.scale", self.scale)
         _finite(f"{where}.offset", self.offset)
         lo, hi = _finite(f"{where}.low", self.low), _finite(f"{where}.high", self.high)
@@ -254,12 +273,16 @@ class InterfaceSpec:
         mean = np.asarray(mean, np.float64).reshape(-1)
         std = np.asarray(std, np.float64).reshape(-1)
         if mean.shape != (self.obs_dim,) or std.shape != (self.obs_dim,):
-            raise SpecError(f"normalisation: expected {self.obs_dim} means and stds, got {mean.shape}, {std.shape}")
+            raise SpecError(
+                f"normalisation: expected {self.obs_dim} means and stds, got {mean.shape}, {std.shape}"
+            )
         obs = tuple(
             ObservationElement(**{**asdict(e), "mean": float(m), "std": float(s)})
             for e, m, s in zip(self.observations, mean, std, strict=True)
         )
-        return InterfaceSpec(self.robot, obs, self.actions, self.control_rate_hz, self.description, dict(self.extra))
+        return InterfaceSpec(
+            self.robot, obs, self.actions, self.control_rate_hz, self.description, dict(self.extra)
+        )
 
     # -- compatibility ---------------------------------------------------------------------
     def check_compatible(self, other: InterfaceSpec) -> None:
@@ -268,6 +291,7 @@ class InterfaceSpec:
         Normalisation, scaling and limits may differ (they belong to the policy); names, topics,
         message types, fields, joints and order may not.
         """
+
         def layout(spec: InterfaceSpec, group: str) -> list[tuple]:
             keys = ("name", "topic", "msg_type", "field", "key", "index", "sectors", "transform")
             return [tuple(getattr(e, k, None) for k in keys) for e in getattr(spec, group)]
@@ -275,7 +299,9 @@ class InterfaceSpec:
         for group in ("observations", "actions"):
             mine, theirs = layout(self, group), layout(other, group)
             if len(mine) != len(theirs):
-                raise SpecError(f"{group}: expected {len(mine)} elements, the new spec has {len(theirs)}")
+                raise SpecError(
+                    f"{group}: expected {len(mine)} elements, the new spec has {len(theirs)}"
+                )
             for i, (a, b) in enumerate(zip(mine, theirs, strict=True)):
                 if a != b:
                     raise SpecError(
@@ -301,11 +327,20 @@ class InterfaceSpec:
         for key in ("robot", "observations", "actions", "control_rate_hz"):
             if key not in data:
                 raise SpecError(f"spec: missing field {key!r}")
-        obs = tuple(_element(ObservationElement, d, f"spec.observations[{i}]") for i, d in enumerate(data["observations"]))
-        act = tuple(_element(ActionElement, d, f"spec.actions[{i}]") for i, d in enumerate(data["actions"]))
+        obs = tuple(
+            _element(ObservationElement, d, f"spec.observations[{i}]")
+            for i, d in enumerate(data["observations"])
+        )
+        act = tuple(
+            _element(ActionElement, d, f"spec.actions[{i}]") for i, d in enumerate(data["actions"])
+        )
         return cls(
-            str(data["robot"]), obs, act, _finite("spec.control_rate_hz", data["control_rate_hz"]),
-            str(data.get("description", "")), dict(data.get("extra", {}) or {}),
+            str(data["robot"]),
+            obs,
+            act,
+            _finite("spec.control_rate_hz", data["control_rate_hz"]),
+            str(data.get("description", "")),
+            dict(data.get("extra", {}) or {}),
         )
 
 

@@ -63,7 +63,9 @@ class Wiring:
             raise WiringError(f"layers: expected {units} names, got {len(self.layers)}")
         unknown = set(self.layers) - set(LAYER_NAMES)
         if unknown:
-            raise WiringError(f"layers: unknown layer names {sorted(unknown)}, expected {LAYER_NAMES}")
+            raise WiringError(
+                f"layers: unknown layer names {sorted(unknown)}, expected {LAYER_NAMES}"
+            )
         if not 1 <= int(self.output_dim) <= units:
             raise WiringError(f"output_dim: expected 1..{units}, got {self.output_dim}")
         object.__setattr__(self, "adjacency", adj.astype(np.int8))
@@ -161,17 +163,23 @@ class Wiring:
             adj = np.array(data["adjacency"], dtype=np.int64)
             sadj = np.array(data["sensory_adjacency"], dtype=np.int64)
         except (TypeError, ValueError) as exc:
-            raise WiringError(f"wiring: adjacency matrices are not integer matrices ({exc})") from exc
+            raise WiringError(
+                f"wiring: adjacency matrices are not integer matrices ({exc})"
+            ) from exc
         units, input_dim = int(data["units"]), int(data["input_dim"])
         if sadj.size == 0:
             sadj = sadj.reshape(input_dim, units)
         if adj.shape != (units, units):
-            raise WiringError(f"wiring.adjacency: expected shape ({units}, {units}), got {adj.shape}")
+            raise WiringError(
+                f"wiring.adjacency: expected shape ({units}, {units}), got {adj.shape}"
+            )
         if sadj.shape != (input_dim, units):
             raise WiringError(
                 f"wiring.sensory_adjacency: expected shape ({input_dim}, {units}), got {sadj.shape}"
             )
-        return cls(adj, sadj, tuple(data["layers"]), int(data["output_dim"]), dict(data.get("recipe", {})))
+        return cls(
+            adj, sadj, tuple(data["layers"]), int(data["output_dim"]), dict(data.get("recipe", {}))
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Wiring):
@@ -210,7 +218,9 @@ class FullyConnected:
     def build(self, input_dim: int) -> Wiring:
         units = _check_positive_int("units", self.units)
         input_dim = _check_positive_int("input_dim", input_dim)
-        out = units if self.output_dim is None else _check_positive_int("output_dim", self.output_dim)
+        out = (
+            units if self.output_dim is None else _check_positive_int("output_dim", self.output_dim)
+        )
         rng = np.random.default_rng(self.seed)
         adj = np.zeros((units, units), np.int8)
         for src in range(units):
@@ -238,9 +248,13 @@ class Random:
     def build(self, input_dim: int) -> Wiring:
         units = _check_positive_int("units", self.units)
         input_dim = _check_positive_int("input_dim", input_dim)
-        out = units if self.output_dim is None else _check_positive_int("output_dim", self.output_dim)
+        out = (
+            units if self.output_dim is None else _check_positive_int("output_dim", self.output_dim)
+        )
         if not 0.0 <= self.sparsity_level < 1.0:
-            raise WiringError(f"sparsity_level: expected a value in [0, 1), got {self.sparsity_level}")
+            raise WiringError(
+                f"sparsity_level: expected a value in [0, 1), got {self.sparsity_level}"
+            )
         rng = np.random.default_rng(self.seed)
         adj = np.zeros((units, units), np.int8)
         pairs = [(s, d) for s in range(units) for d in range(units)]
@@ -280,8 +294,14 @@ class NCP:
     seed: int = 22222
 
     def _validate(self, input_dim: int) -> None:
-        for name in ("inter_neurons", "command_neurons", "motor_neurons", "sensory_fanout",
-                     "inter_fanout", "motor_fanin"):
+        for name in (
+            "inter_neurons",
+            "command_neurons",
+            "motor_neurons",
+            "sensory_fanout",
+            "inter_fanout",
+            "motor_fanin",
+        ):
             _check_positive_int(name, getattr(self, name))
         _check_positive_int("recurrent_command_synapses", self.recurrent_command_synapses, 0)
         _check_positive_int("input_dim", input_dim)
@@ -291,7 +311,9 @@ class NCP:
             (self.inter_fanout, "inter_fanout", self.command_neurons, "command"),
         ):
             if fan > layer:
-                raise WiringError(f"{fan_name}: is {fan} but there are only {layer} {layer_name} neurons")
+                raise WiringError(
+                    f"{fan_name}: is {fan} but there are only {layer} {layer_name} neurons"
+                )
 
     def build(self, input_dim: int) -> Wiring:
         self._validate(input_dim)
@@ -356,7 +378,9 @@ class AutoNCP:
                 f"output_size: must be less than units - 2 = {self.units - 2}, got {self.output_size}"
             )
         if not 0.1 <= self.sparsity_level <= 1.0:
-            raise WiringError(f"sparsity_level: expected a value in [0.1, 1.0], got {self.sparsity_level}")
+            raise WiringError(
+                f"sparsity_level: expected a value in [0.1, 1.0], got {self.sparsity_level}"
+            )
         density = 1.0 - self.sparsity_level
         inter_and_command = self.units - self.output_size
         command = max(int(0.4 * inter_and_command), 1)
@@ -375,7 +399,10 @@ class AutoNCP:
     def build(self, input_dim: int) -> Wiring:
         built = self.to_ncp().build(input_dim)
         return Wiring(
-            built.adjacency, built.sensory_adjacency, built.layers, built.output_dim,
+            built.adjacency,
+            built.sensory_adjacency,
+            built.layers,
+            built.output_dim,
             {"kind": "AutoNCP", **self.__dict__},
         )
 
