@@ -1,0 +1,371 @@
+"""Sim-to-real wrappers (gymnasium), configured from YAML, and `make_env`.
+
+Each wrapper models one thing a real robot does to a policy, with every range in the config:
+
+- `ObservationNoise`: Gaussian noise per channel, `scale` x the spec's `noise_std`.
+- `ActionLatency`: the command applied is the one of k control steps ago, k drawn per episode.
+- `SensorDropout`: a topic's channels freeze at their last value for a while (a sensor stalls).
+- `ControlJitter`: the control period varies step to step; the period actually simulated is
+  reported in `info["dt"]`, so the LTC integrates the real elapsed time.
+- `DomainRandomization`: masses, friction, damping and motor gain scaled per episode, and constant
+  sensor offsets per channel.
+
+Config (YAML mapping; every section optional, `make_env` applies them in this order, outermost last):
+
+    env_kwargs: {track_seed: 3}            # passed to gymnasium.make
+    domain_randomization:
+      mass: [0.8, 1.2]                      # factor ranges, drawn per body / dof / actuator
+      friction: [0.7, 1.3]                  # one factor per episode
+      damping: [0.5, 1.5]
+      motor_gain: [0.85, 1.15]
+      sensor_offset_std: {forward_speed: 0.02}   # per channel name, constant per episode
+    action_latency: {min_steps: 0, max_steps: 2}
+    control_jitter: {std_fraction: 0.1, max_fraction: 0.3}
+    sensor_dropout: {probability: 0.01, min_steps: 2, max_steps: 10}
+    observation_noise: {scale: 1.0}
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import yaml
+
+from .base import MujocoRobotEnv
+
+SECTIONS = (
+    "env_kwargs",
+    "domain_randomization",
+    "action_latency",
+    "control_jitter",
+    "sensor_dropout",
+    "observation_noise",
+)
+
+
+class WrapperConfigError(ValueError):
+    """A wrapper config is invalid (the message names the field, the value and what is expected)."""
+
+
+def _robot(env: gym.Env) -> MujocoRobotEnv:
+    base = env.unwrapped
+    if not isinstance(base, MujocoRobotEnv):
+        raise TypeError(
+            f"sim-to-real wrappers need a liquid_control MuJoCo env, got {type(base).__name__}"
+        )
+    return base
+
+
+def _range(where: str, value: Any, minimum: float = 0.0) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise WrapperConfigError(f"{where}: expected [low, high], got {value!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi)) or lo > hi or lo < minimum:
+        raise WrapperConfigError(
+            f"{where}: expected finite {minimum} <= low <= high, got {value!r}"
+        )
+    return lo, hi
+
+
+def _number(where: str, value: Any, minimum: float = 0.0, maximum: float = np.inf) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise WrapperConfigError(f"{where}: expected a number, got {value!r}") from None
+    if not np.isfinite(v) or not minimum <= v <= maximum:
+        raise WrapperConfigError(
+            f"{where}: expected a number in [{minimum}, {maximum}], got {value!r}"
+        )
+    return v
+
+
+def _int(where: str, value: Any, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise WrapperConfigError(f"{where}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _rng(wrapper: gym.Wrapper) -> np.random.Generator:
+    """The wrapper's own generator, seeded from the env's seeded generator at reset."""
+    return wrapper._wrapper_rng
+
+
+class _SeededWrapper(gym.Wrapper):
+    """Draws its randomness from a generator derived from the env's `np_random` at each reset, so
+    `reset(seed=s)` makes a wrapped episode reproducible."""
+
+    def _reseed(self) -> None:
+        self._wrapper_rng = np.random.default_rng(self.env.unwrapped.np_random.integers(2**63))
+
+
+class ObservationNoise(_SeededWrapper):
+    """Adds N(0, (scale * noise_std)^2) per observation channel; `noise_std` from the spec unless given."""
+
+    def __init__(
+        self, env: gym.Env, scale: float = 1.0, noise_std: list[float] | None = None
+    ) -> None:
+        super().__init__(env)
+        spec = _robot(env).interface_spec
+        std = spec.obs_noise_std if noise_std is None else np.asarray(noise_std, np.float64)
+        if std.shape != (spec.obs_dim,) or not np.all(np.isfinite(std)) or np.any(std < 0):
+            raise WrapperConfigError(
+                f"observation_noise.noise_std: expected {spec.obs_dim} values >= 0, got {noise_std!r}"
+            )
+        self.std = _number("observation_noise.scale", scale) * std
+
+    def _noisy(self, obs: np.ndarray) -> np.ndarray:
+        return obs + _rng(self).normal(0.0, 1.0, obs.shape) * self.std
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self._reseed()
+        return self._noisy(obs), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return self._noisy(obs), reward, terminated, truncated, info
+
+
+class ActionLatency(_SeededWrapper):
+    """Applies the command of k control steps ago; k ~ U{min_steps..max_steps} per episode.
+
+    Before k commands exist the robot holds the safe command (zero, clipped to the limits)."""
+
+    def __init__(self, env: gym.Env, min_steps: int = 0, max_steps: int = 1) -> None:
+        super().__init__(env)
+        self.min_steps = _int("action_latency.min_steps", min_steps)
+        self.max_steps = _int("action_latency.max_steps", max_steps)
+        if self.max_steps < self.min_steps:
+            raise WrapperConfigError(
+                f"action_latency: max_steps ({max_steps}) < min_steps ({min_steps})"
+            )
+        spec = _robot(env).interface_spec
+        self.safe_action = np.clip(np.zeros(spec.action_dim), spec.action_low, spec.action_high)
+        self.latency_steps = 0
+        self._queue: deque[np.ndarray] = deque()
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self._reseed()
+        self.latency_steps = int(_rng(self).integers(self.min_steps, self.max_steps + 1))
+        self._queue = deque([self.safe_action.copy()] * self.latency_steps)
+        info["latency_steps"] = self.latency_steps
+        return obs, info
+
+    def step(self, action):
+        self._queue.append(np.asarray(action, np.float64).copy())
+        applied = self._queue.popleft()
+        obs, reward, terminated, truncated, info = self.env.step(applied)
+        info["latency_steps"] = self.latency_steps
+        info["applied_action"] = applied
+        return obs, reward, terminated, truncated, info
+
+
+class SensorDropout(_SeededWrapper):
+    """Each step, each input topic not already stalled stalls with `probability` for a duration of
+    U{min_steps..max_steps} control steps; its channels keep the last value delivered."""
+
+    def __init__(
+        self, env: gym.Env, probability: float = 0.01, min_steps: int = 1, max_steps: int = 5
+    ) -> None:
+        super().__init__(env)
+        self.probability = _number("sensor_dropout.probability", probability, 0.0, 1.0)
+        self.min_steps = _int("sensor_dropout.min_steps", min_steps, 1)
+        self.max_steps = _int("sensor_dropout.max_steps", max_steps, 1)
+        if self.max_steps < self.min_steps:
+            raise WrapperConfigError(
+                f"sensor_dropout: max_steps ({max_steps}) < min_steps ({min_steps})"
+            )
+        spec = _robot(env).interface_spec
+        self.topics = list(spec.observation_topics())
+        self.slots = {
+            t: np.array([i for i, e in enumerate(spec.observations) if e.topic == t])
+            for t in self.topics
+        }
+        self._remaining = dict.fromkeys(self.topics, 0)
+        self._last: np.ndarray | None = None
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self._reseed()
+        self._remaining = dict.fromkeys(self.topics, 0)
+        self._last = np.array(obs, copy=True)
+        info["dropped_topics"] = []
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        obs = np.array(obs, copy=True)
+        rng = _rng(self)
+        dropped = []
+        for t in self.topics:
+            if self._remaining[t] == 0 and rng.random() < self.probability:
+                self._remaining[t] = int(rng.integers(self.min_steps, self.max_steps + 1))
+            if self._remaining[t] > 0:
+                self._remaining[t] -= 1
+                obs[self.slots[t]] = self._last[self.slots[t]]
+                dropped.append(t)
+        self._last = obs.copy()
+        info["dropped_topics"] = dropped
+        return obs, reward, terminated, truncated, info
+
+
+class ControlJitter(_SeededWrapper):
+    """The control period of each step is nominal * (1 + e), e ~ N(0, std_fraction^2) clipped to
+    +-max_fraction; `info["dt"]` reports the period simulated (seconds)."""
+
+    def __init__(self, env: gym.Env, std_fraction: float = 0.1, max_fraction: float = 0.3) -> None:
+        super().__init__(env)
+        self.std_fraction = _number("control_jitter.std_fraction", std_fraction)
+        self.max_fraction = _number("control_jitter.max_fraction", max_fraction, 0.0, 0.9)
+        self.nominal_s = _robot(env).interface_spec.control_period_s
+
+    def reset(self, **kwargs):
+        out = self.env.reset(**kwargs)
+        self._reseed()
+        return out
+
+    def step(self, action):
+        e = float(
+            np.clip(
+                _rng(self).normal(0.0, self.std_fraction), -self.max_fraction, self.max_fraction
+            )
+        )
+        self.env.unwrapped.next_control_period_s = self.nominal_s * (1.0 + e)
+        return self.env.step(action)
+
+
+class DomainRandomization(_SeededWrapper):
+    """Per episode: physics factors drawn from the config's ranges, and constant sensor offsets.
+
+    Masses are drawn per body, damping per dof, motor gain per actuator, friction once (floor and
+    tyre contact). Sensor offsets ~ N(0, std^2) per named channel are added to the observation.
+    The draws of the episode are in `info["randomization"]` at reset."""
+
+    def __init__(
+        self,
+        env: gym.Env,
+        mass: list[float] | None = None,
+        friction: list[float] | None = None,
+        damping: list[float] | None = None,
+        motor_gain: list[float] | None = None,
+        sensor_offset_std: dict[str, float] | None = None,
+    ) -> None:
+        super().__init__(env)
+        self.ranges = {
+            k: _range(f"domain_randomization.{k}", v, minimum=1e-6)
+            for k, v in (
+                ("mass", mass),
+                ("friction", friction),
+                ("damping", damping),
+                ("motor_gain", motor_gain),
+            )
+            if v is not None
+        }
+        spec = _robot(env).interface_spec
+        names = [e.name for e in spec.observations]
+        self.offset_std = np.zeros(spec.obs_dim)
+        for name, std in (sensor_offset_std or {}).items():
+            if name not in names:
+                raise WrapperConfigError(
+                    f"domain_randomization.sensor_offset_std: unknown channel {name!r}; expected one of {names}"
+                )
+            self.offset_std[names.index(name)] = _number(
+                f"domain_randomization.sensor_offset_std.{name}", std
+            )
+        self.offset = np.zeros(spec.obs_dim)
+        self._robot_env = _robot(env)
+
+    def _draw(self, rng: np.random.Generator) -> dict[str, Any]:
+        m = self._robot_env.model
+        sizes = {"mass": m.nbody, "friction": 1, "damping": m.nv, "motor_gain": m.nu}
+        scales = {}
+        for k, (lo, hi) in self.ranges.items():
+            draw = rng.uniform(lo, hi, sizes[k])
+            scales[k] = float(draw[0]) if k == "friction" else draw
+        return scales
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        if seed is not None:  # seed here: the draws come before the inner reset
+            self._robot_env.np_random, _ = gym.utils.seeding.np_random(seed)
+        rng = np.random.default_rng(self._robot_env.np_random.integers(2**63))
+        scales = self._draw(rng)
+        self._robot_env.set_physics_scales(scales)
+        self.offset = rng.normal(0.0, 1.0, self.offset_std.shape) * self.offset_std
+        obs, info = self.env.reset(seed=None, options=options)
+        info["randomization"] = {**scales, "sensor_offset": self.offset.copy()}
+        return obs + self.offset, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs + self.offset, reward, terminated, truncated, info
+
+
+WRAPPERS = (
+    ("domain_randomization", DomainRandomization),
+    ("action_latency", ActionLatency),
+    ("control_jitter", ControlJitter),
+    ("sensor_dropout", SensorDropout),
+    ("observation_noise", ObservationNoise),
+)
+
+
+def check_config(config: dict[str, Any] | None) -> dict[str, Any]:
+    """Validate the top-level layout of a wrapper config (sections and their types)."""
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise WrapperConfigError(
+            f"wrappers config: expected a mapping, got {type(config).__name__}"
+        )
+    unknown = sorted(set(config) - set(SECTIONS))
+    if unknown:
+        raise WrapperConfigError(
+            f"wrappers config: unknown sections {unknown}; expected some of {list(SECTIONS)}"
+        )
+    for key, value in config.items():
+        if value is not None and not isinstance(value, dict):
+            raise WrapperConfigError(f"wrappers config.{key}: expected a mapping, got {value!r}")
+    return config
+
+
+def load_wrappers_config(path: str) -> dict[str, Any]:
+    """Read a wrapper config YAML file (see the module docstring for its layout)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"wrappers config: no file at {path}")
+    with open(path, encoding="utf-8") as f:
+        return check_config(yaml.safe_load(f) or {})
+
+
+def apply_wrappers(env: gym.Env, config: dict[str, Any] | None) -> gym.Env:
+    """Wrap `env` with the sections present in `config`, in the order of `WRAPPERS`."""
+    config = check_config(config)
+    for key, cls in WRAPPERS:
+        section = config.get(key)
+        if section is None:
+            continue
+        try:
+            env = cls(env, **section)
+        except TypeError as exc:
+            raise WrapperConfigError(f"wrappers config.{key}: {exc}") from exc
+    return env
+
+
+def make_env(
+    env_id: str, wrappers_config: dict[str, Any] | str | None = None, **env_kwargs
+) -> gym.Env:
+    """`gymnasium.make(env_id)` with the sim-to-real wrappers of a config (dict or YAML path)."""
+    import liquid_control.envs  # noqa: F401  (registers the ids)
+
+    config = (
+        load_wrappers_config(wrappers_config)
+        if isinstance(wrappers_config, str)
+        else check_config(wrappers_config)
+    )
+    kwargs = {**(config.get("env_kwargs") or {}), **env_kwargs}
+    return apply_wrappers(gym.make(env_id, **kwargs), config)
