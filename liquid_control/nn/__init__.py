@@ -1,5 +1,6 @@
-"""torch side: the LTC module for BPTT training, ncps interop (imports torch; not on the deploy path)."""
+"""torch side: the LTC module for BPTT training and ncps interop (not on the deploy path)."""
 
 from .ltc import LTC
+from .ncps_interop import from_ncps
 
-__all__ = ["LTC"]
+__all__ = ["LTC", "from_ncps"]
