@@ -64,6 +64,7 @@ setup(
             "matplotlib>=3.6",
             "onnx",
             "onnxruntime",
+            "imageio",  # gymnasium's MuJoCo envs import it
         ],
         "test": [
             "pytest>=7",

@@ -1,0 +1,131 @@
+"""`liquid-control train | eval | export` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="run the training pipeline of a task YAML (teacher, distill, finetune, evaluate, export)",
+    )
+    p.add_argument("config", help="training YAML, e.g. config/train/cartpole.yaml")
+    p.add_argument("--out", required=True, help="run folder (created; holds every stage's output)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+    p.add_argument(
+        "--stages",
+        default=None,
+        help="comma-separated subset of teacher,distill,finetune,evaluate,export",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_train)
+
+    p = subparsers.add_parser("eval", help="evaluate a policy file on an env, nominal or perturbed")
+    p.add_argument("policy", help="policy file (.lcp)")
+    p.add_argument("--env", required=True, help="gymnasium env id, e.g. LiquidControl/RoverLane-v0")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--perturb",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="obs_noise=0.1, action_latency=1, mass_scale=1.2, friction_scale=0.7, dt_jitter=0.3 (repeatable)",
+    )
+    p.add_argument("--max-episode-steps", type=int, default=None)
+    p.set_defaults(func=_eval)
+
+    p = subparsers.add_parser(
+        "export", help="write the policy file and ONNX model of a trained run"
+    )
+    p.add_argument("run", help="run folder of `liquid-control train`")
+    p.add_argument("--policy-out", default=None, help="copy the policy file here too")
+    p.add_argument("--onnx-out", default=None, help="copy the ONNX file here too")
+    p.set_defaults(func=_export)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+    from .pipeline import STAGES, RunFolderError, run_pipeline
+
+    try:
+        cfg = load_config(args.config)
+        stages = tuple(s.strip() for s in args.stages.split(",")) if args.stages else STAGES
+        out = run_pipeline(
+            cfg, args.out, resume=args.resume, stages=stages, progress=not args.no_progress
+        )
+    except (ConfigError, RunFolderError) as exc:
+        print(f"liquid-control train: {exc}", file=sys.stderr)
+        return 2
+    summary = out / "evaluate" / "results.md"
+    if summary.exists():
+        print(summary.read_text())
+    print(f"run folder: {out}")
+    return 0
+
+
+def parse_perturbations(items: list[str]) -> dict[str, float]:
+    from .config import PERTURBATIONS
+
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in PERTURBATIONS:
+            raise ValueError(
+                f"--perturb: expected NAME=VALUE with NAME in {list(PERTURBATIONS)}, got {item!r}"
+            )
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--perturb {name}: expected a number, got {value!r}") from None
+    return out
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from ..core.policy import Policy
+    from ..core.policy_file import PolicyFileError
+    from .config import EnvConfig
+    from .evaluate import PolicyAgent, run_episodes
+
+    try:
+        perturb = parse_perturbations(args.perturb)
+        policy = Policy.load(args.policy)
+    except (ValueError, PolicyFileError) as exc:
+        print(f"liquid-control eval: {exc}", file=sys.stderr)
+        return 2
+    env_cfg = EnvConfig(id=args.env, max_episode_steps=args.max_episode_steps)
+    returns = run_episodes(
+        PolicyAgent(policy), env_cfg, args.episodes, args.seed, perturb, obs_std=policy.spec.obs_std
+    )
+    import numpy as np
+
+    print(
+        f"{args.policy} on {args.env} {perturb or 'nominal'}: return {np.mean(returns):.2f} "
+        f"+- {np.std(returns):.2f} over {len(returns)} episodes (min {np.min(returns):.2f}, max {np.max(returns):.2f})"
+    )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import shutil
+    from pathlib import Path
+
+    from .config import config_from_dict
+    from .export import export_run
+    from .io import read_json
+
+    run = Path(args.run)
+    cfg = config_from_dict(
+        {k: v for k, v in read_json(run / "config.json").items() if k != "source"}
+    )
+    files = export_run(cfg, run)
+    for key, dest in (("policy", args.policy_out), ("onnx", args.onnx_out)):
+        if dest and files.get(key):
+            shutil.copyfile(files[key], dest)
+    for key, path in files.items():
+        print(f"{key}: {path}")
+    return 0

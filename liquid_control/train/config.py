@@ -1,0 +1,272 @@
+"""Training configuration: one YAML per task under config/train/ (rl_zoo3-like).
+
+    name: cartpole
+    seed: 0
+    env: {id: LiquidControl/CartPoleSwingUp-v0, wrappers: {...}, max_episode_steps: 500}
+    teacher: {algo: PPO, total_timesteps: 300000, n_envs: 4, normalize: true, hyperparams: {...}}
+    student: {units: 19, ode_unfolds: 6, sparsity_level: 0.5, wiring_seed: 22222}
+    distill: {iterations: 10, steps_per_iteration: 8000, window: 32, burn_in: 8, ...}
+    finetune: {enabled: false, total_timesteps: 50000, ...}
+    evaluate: {episodes: 10, perturbations: {obs_noise: 0.1, action_latency: 1, ...}}
+    export: {onnx: true}
+
+Every section maps to a frozen dataclass; unknown keys and wrong types raise `ConfigError` naming
+the field (``teacher.total_timesteps``), the value seen and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A training YAML is invalid (the message names the field)."""
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    id: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    # training-time randomisation, passed to liquid_control.envs.wrappers.make_env (own robots)
+    wrappers: dict[str, Any] = field(default_factory=dict)
+    max_episode_steps: int | None = None
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    algo: str = "PPO"
+    total_timesteps: int = 200_000
+    n_envs: int = 4
+    normalize: bool = True  # VecNormalize on observations (the stats travel with the teacher)
+    hyperparams: dict[str, Any] = field(default_factory=dict)  # SB3 constructor arguments
+    net_arch: list[int] = field(default_factory=lambda: [64, 64])
+    eval_freq: int = 10_000  # environment steps between EvalCallback runs
+    eval_episodes: int = 5
+    checkpoint_freq: int = 20_000  # environment steps between resumable checkpoints
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    units: int = 19
+    ode_unfolds: int = 6
+    sparsity_level: float = 0.5
+    wiring_seed: int = 22222
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    iterations: int = 8  # DAgger rounds
+    steps_per_iteration: int = 5_000  # environment steps collected per round
+    n_envs: int = 8  # environments rolled out side by side
+    beta0: float = 1.0  # probability of executing the teacher's action in round 0
+    beta_decay: float = 0.5  # beta_k = beta0 * beta_decay**k
+    window: int = 32  # truncated BPTT length (steps)
+    burn_in: int = 8  # steps at the start of a window that warm the state without loss
+    epochs: int = 4  # passes over the aggregated data per round (in windows)
+    batch_size: int = 64
+    lr: float = 3e-3
+    grad_clip: float = 1.0
+    max_dataset_steps: int = 200_000  # oldest data is dropped beyond this
+    eval_episodes: int = 4  # closed-loop episodes that select the best student
+    dt_jitter: float = 0.0  # relative dt randomisation while collecting (teaches dt use)
+    lstm: bool = True  # also distill the LSTM baseline of equal neuron count
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    enabled: bool = False
+    total_timesteps: int = 50_000
+    n_envs: int = 4
+    n_steps: int = 256  # rollout length per env
+    window: int = 32  # sequence length for the recurrent update
+    epochs: int = 4
+    batch_size: int = 16  # sequences per minibatch
+    lr: float = 3e-4
+    critic_lr: float = 1e-3
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.1
+    ent_coef: float = 0.0
+    init_log_std: float = -1.0
+    eval_episodes: int = 4
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    episodes: int = 10  # one seed per episode
+    perturbations: dict[str, float] = field(
+        default_factory=lambda: {
+            "obs_noise": 0.1,  # Gaussian noise, fraction of each observation's std
+            "action_latency": 1,  # control steps of delay
+            "mass_scale": 1.2,  # all body masses x
+            "friction_scale": 0.7,  # all friction coefficients x
+            "dt_jitter": 0.3,  # dt ~ U[1-j, 1+j] x nominal, every step
+        }
+    )
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    onnx: bool = True
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str
+    env: EnvConfig
+    seed: int = 0
+    torch_threads: int = 1
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    source: str = ""  # the YAML path it was read from
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PERTURBATIONS = ("obs_noise", "action_latency", "mass_scale", "friction_scale", "dt_jitter")
+TEACHER_ALGOS = ("PPO", "SAC")
+
+
+def _check(where: str, value: Any, tp: Any) -> Any:
+    """Value converted to type `tp`, or ConfigError naming `where`."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check(where, value, inner[0])
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_check(f"{where}[{i}]", v, item) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; expected some of {sorted(known)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        name = f"{where}.{f.name}" if where else f.name
+        if f.name in data:
+            kwargs[f.name] = _check(name, data[f.name], hints[f.name])
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{name}: missing (required)")
+    return cls(**kwargs)
+
+
+def _positive(where: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{where}: expected {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Range checks that types alone do not catch."""
+    t, s, d, f = cfg.teacher, cfg.student, cfg.distill, cfg.finetune
+    if t.algo not in TEACHER_ALGOS:
+        raise ConfigError(f"teacher.algo: expected one of {TEACHER_ALGOS}, got {t.algo!r}")
+    for where, v in (
+        ("teacher.total_timesteps", t.total_timesteps),
+        ("teacher.n_envs", t.n_envs),
+        ("teacher.eval_freq", t.eval_freq),
+        ("teacher.eval_episodes", t.eval_episodes),
+        ("teacher.checkpoint_freq", t.checkpoint_freq),
+        ("student.units", s.units),
+        ("student.ode_unfolds", s.ode_unfolds),
+        ("distill.iterations", d.iterations),
+        ("distill.steps_per_iteration", d.steps_per_iteration),
+        ("distill.n_envs", d.n_envs),
+        ("distill.window", d.window),
+        ("distill.epochs", d.epochs),
+        ("distill.batch_size", d.batch_size),
+        ("distill.lr", d.lr),
+        ("distill.eval_episodes", d.eval_episodes),
+        ("finetune.n_envs", f.n_envs),
+        ("finetune.n_steps", f.n_steps),
+        ("finetune.window", f.window),
+        ("finetune.lr", f.lr),
+        ("evaluate.episodes", cfg.evaluate.episodes),
+        ("torch_threads", cfg.torch_threads),
+    ):
+        _positive(where, v)
+    if not 0 <= d.burn_in < d.window:
+        raise ConfigError(
+            f"distill.burn_in: expected 0 <= burn_in < window ({d.window}), got {d.burn_in}"
+        )
+    for where, v in (("distill.beta0", d.beta0), ("distill.beta_decay", d.beta_decay)):
+        if not 0.0 <= v <= 1.0:
+            raise ConfigError(f"{where}: expected a value in [0, 1], got {v!r}")
+    if not 0.0 <= d.dt_jitter < 1.0:
+        raise ConfigError(f"distill.dt_jitter: expected a value in [0, 1), got {d.dt_jitter!r}")
+    for key, v in cfg.evaluate.perturbations.items():
+        if key not in PERTURBATIONS:
+            raise ConfigError(
+                f"evaluate.perturbations.{key}: unknown; expected some of {list(PERTURBATIONS)}"
+            )
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ConfigError(f"evaluate.perturbations.{key}: expected a number >= 0, got {v!r}")
+    return cfg
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    """Read and validate a training YAML."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    return config_from_dict(data, source=str(path))
+
+
+def config_from_dict(data: Any, source: str = "") -> TrainConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source or 'config'}: expected a mapping at the top level, got {data!r}"
+        )
+    data = {**data, "source": source}
+    return validate(_build(TrainConfig, data, ""))

@@ -1,0 +1,248 @@
+"""Stage 4, evaluation: teacher vs LTC-19 vs LSTM-19, nominal and perturbed.
+
+Every agent runs the same episodes (one seed each, seeds disjoint from training) under each case:
+nominal, then every configured perturbation alone. The LTC runs through the numpy deploy runtime
+(`core.Policy`, what the robot executes), not through torch. Writes into ``RUN/evaluate/``:
+``results.csv``, ``results.md`` (table), ``results.json``, ``learning_curves.png``,
+``perturbations.png`` and ``ltc_activity.png`` (motor and hidden neuron states over one episode).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.policy import Policy
+from ..core.policy_file import atomic_write_bytes
+from .config import EnvConfig, TrainConfig
+from .envs import make_env, perturbation_cases
+from .io import read_json, write_json
+from .rollout import Episodes, PolicyAgent, TeacherAgent, TorchStudentAgent
+from .rollout import run_episodes as _run
+
+EVAL_SEED = 100_000
+
+
+def run_episodes(
+    agent,
+    env_cfg: EnvConfig,
+    episodes: int,
+    seed: int = EVAL_SEED,
+    perturb: dict[str, float] | None = None,
+    obs_std: np.ndarray | None = None,
+    record: bool = False,
+) -> np.ndarray | Episodes:
+    """Returns of `episodes` episodes (seeds seed, seed+1, ...); the Episodes if `record`."""
+    result = _run(
+        agent,
+        lambda s: make_env(env_cfg, seed=s, randomize=False, perturb=perturb, obs_std=obs_std),
+        [seed + i for i in range(episodes)],
+        record=record,
+    )
+    return result if record else result.returns
+
+
+def agents_of_run(cfg: TrainConfig, run_dir: Path) -> tuple[dict[str, Any], dict[str, int], Policy]:
+    """{label: agent}, {label: parameter count} and the LTC policy of a run."""
+    from .distill import load_best
+    from .teacher import Teacher
+
+    teacher = Teacher.load(run_dir / "teacher", cfg.teacher.algo)
+    students, spec = load_best(cfg, run_dir)
+    ltc_policy = students["ltc"].to_policy(spec)
+    agents: dict[str, Any] = {"teacher": TeacherAgent(teacher), "ltc19": PolicyAgent(ltc_policy)}
+    params = {"teacher": teacher.parameter_count, "ltc19": ltc_policy.wiring.parameter_count()}
+    if "lstm" in students:
+        agents["lstm19"] = TorchStudentAgent(students["lstm"], spec)
+        params["lstm19"] = students["lstm"].parameter_count()
+    finetuned = run_dir / "finetune" / "ltc19_finetuned.lcp"
+    if finetuned.exists():
+        agents["ltc19_finetuned"] = PolicyAgent(Policy.load(finetuned))
+        params["ltc19_finetuned"] = params["ltc19"]
+    return agents, params, ltc_policy
+
+
+def evaluate_run(cfg: TrainConfig, run_dir: str | os.PathLike, progress: bool = True) -> Path:
+    from tqdm import tqdm
+
+    run_dir = Path(run_dir)
+    out = run_dir / "evaluate"
+    out.mkdir(parents=True, exist_ok=True)
+    agents, params, ltc_policy = agents_of_run(cfg, run_dir)
+    cases = perturbation_cases(cfg.evaluate.perturbations)
+    n = cfg.evaluate.episodes
+    obs_std = ltc_policy.spec.obs_std
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(total=len(cases) * len(agents), desc="evaluate", unit="run", disable=not progress)
+    for case, perturb in cases.items():
+        for label, agent in agents.items():
+            returns = run_episodes(agent, cfg.env, n, EVAL_SEED, perturb, obs_std)
+            rows.append(
+                {
+                    "task": cfg.name,
+                    "agent": label,
+                    "case": case,
+                    "parameters": params[label],
+                    "episodes": n,
+                    "mean_return": float(np.mean(returns)),
+                    "std_return": float(np.std(returns)),
+                    "min_return": float(np.min(returns)),
+                }
+            )
+            bar.update(1)
+    bar.close()
+    teacher_of = {r["case"]: r["mean_return"] for r in rows if r["agent"] == "teacher"}
+    for r in rows:
+        r["vs_teacher"] = _ratio(r["mean_return"], teacher_of[r["case"]])
+    write_results(out, rows)
+    trace = run_episodes(PolicyAgent(ltc_policy), cfg.env, 1, EVAL_SEED, None, obs_std, record=True)
+    plot_all(cfg, run_dir, rows, trace.traces[0], ltc_policy)
+    write_json(out / "done.json", {"rows": len(rows)})
+    return out
+
+
+def _ratio(value: float, reference: float) -> float:
+    return float(value / reference) if abs(reference) > 1e-9 else float("nan")
+
+
+def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
+    write_json(out / "results.json", rows)
+    atomic_write_bytes(out / "results.md", markdown_table(rows).encode())
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """One line per agent: parameters, then mean return (and % of the teacher) per case."""
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    agents = list(dict.fromkeys(r["agent"] for r in rows))
+    by = {(r["agent"], r["case"]): r for r in rows}
+    task = rows[0]["task"]
+    lines = [
+        f"| {task} | params | " + " | ".join(cases) + " |",
+        "|---|---:|" + "---:|" * len(cases),
+    ]
+    for a in agents:
+        cells = []
+        for c in cases:
+            r = by[(a, c)]
+            pct = "" if a == "teacher" else f" ({100 * r['vs_teacher']:.0f}%)"
+            cells.append(f"{r['mean_return']:.1f} ± {r['std_return']:.1f}{pct}")
+        lines.append(f"| {a} | {by[(a, cases[0])]['parameters']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_all(
+    cfg: TrainConfig,
+    run_dir: Path,
+    rows: list[dict[str, Any]],
+    trace: dict[str, np.ndarray],
+    policy: Policy,
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .teacher import learning_curve
+
+    out = run_dir / "evaluate"
+    # learning curves: teacher (EvalCallback) and DAgger rounds (closed-loop return of each student)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    curve = learning_curve(run_dir / "teacher")
+    if curve is not None:
+        axes[0].plot(*curve, marker=".")
+    axes[0].set(
+        title=f"{cfg.name}: teacher ({cfg.teacher.algo})", xlabel="env steps", ylabel="eval return"
+    )
+    history_path = run_dir / "distill" / "history.json"
+    if history_path.exists():
+        history = read_json(history_path)
+        for key in ("ltc", "lstm"):
+            if f"{key}_return" in history[0]:
+                axes[1].plot(
+                    [h["iteration"] for h in history],
+                    [h[f"{key}_return"] for h in history],
+                    marker="o",
+                    label=f"{key.upper()}-{cfg.student.units}",
+                )
+        axes[1].legend()
+    axes[1].set(title="DAgger rounds", xlabel="round", ylabel="closed-loop return")
+    _save(fig, out / "learning_curves.png")
+
+    # return under each perturbation
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    agents = list(dict.fromkeys(r["agent"] for r in rows))
+    by = {(r["agent"], r["case"]): r for r in rows}
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(cases)), 3.5))
+    width = 0.8 / len(agents)
+    for k, a in enumerate(agents):
+        x = np.arange(len(cases)) + k * width
+        ax.bar(
+            x,
+            [by[(a, c)]["mean_return"] for c in cases],
+            width,
+            yerr=[by[(a, c)]["std_return"] for c in cases],
+            label=a,
+            capsize=2,
+        )
+    ax.set_xticks(np.arange(len(cases)) + 0.4 - width / 2, cases, rotation=20, fontsize=8)
+    ax.set(title=f"{cfg.name}: return per case", ylabel="return")
+    ax.legend(fontsize=8)
+    _save(fig, out / "perturbations.png")
+
+    plot_activity(
+        trace, policy, out / "ltc_activity.png", title=f"{cfg.name}: LTC-{policy.wiring.units}"
+    )
+
+
+def plot_activity(
+    trace: dict[str, np.ndarray], policy: Policy, path: Path, title: str = ""
+) -> None:
+    """Actions and every neuron's potential over one episode (motor neurons first)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = np.cumsum(trace["dt"]) - trace["dt"][0]
+    state = trace["state"]
+    motor = policy.wiring.output_dim
+    fig, axes = plt.subplots(
+        3, 1, figsize=(9, 7), sharex=True, gridspec_kw={"height_ratios": [1, 1, 2]}
+    )
+    for j in range(trace["action"].shape[1]):
+        axes[0].plot(t, trace["action"][:, j], label=policy.spec.actions[j].name)
+    axes[0].set(ylabel="action", title=title)
+    axes[0].legend(fontsize=7, loc="upper right")
+    for j in range(motor):
+        axes[1].plot(t, state[:, j], lw=1)
+    axes[1].set(ylabel="motor neurons v")
+    im = axes[2].imshow(
+        state.T,
+        aspect="auto",
+        origin="lower",
+        cmap="coolwarm",
+        extent=(t[0], t[-1] if len(t) > 1 else 1.0, -0.5, state.shape[1] - 0.5),
+    )
+    axes[2].set(ylabel="neuron", xlabel="time (s)")
+    fig.colorbar(im, ax=axes[2], label="potential")
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,157 @@
+"""Agents and closed-loop rollouts shared by distillation, fine-tuning and evaluation.
+
+An agent maps a batch of raw observations (robot units) and the time since each env's previous
+observation (seconds) to actions (robot units), keeping one recurrent state per env:
+
+    agent.reset(n)                 # n envs, all states zero
+    agent.reset_rows(mask)         # zero the states where an episode restarts
+    actions = agent.act(obs, dt)   # obs (n, obs_dim), dt (n,) -> (n, action_dim)
+
+Environments run side by side in lock step ("lockstep"), so the students' torch steps are batched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import gymnasium as gym
+import numpy as np
+
+from ..core.policy import Policy
+from ..core.spec import InterfaceSpec
+
+
+class TeacherAgent:
+    def __init__(self, teacher) -> None:
+        self.teacher = teacher
+
+    def reset(self, n: int) -> None:
+        pass
+
+    def reset_rows(self, mask: np.ndarray) -> None:
+        pass
+
+    def act(self, obs: np.ndarray, dt: np.ndarray) -> np.ndarray:
+        return self.teacher.act(obs)
+
+
+class TorchStudentAgent:
+    """A torch student (LTC or LSTM module) on normalised input, elapsed = dt / control period."""
+
+    def __init__(self, model, spec: InterfaceSpec) -> None:
+        self.model, self.spec = model, spec
+        self.h = None
+        self.last_state: np.ndarray | None = None
+
+    def reset(self, n: int) -> None:
+        import torch
+
+        self.h = torch.zeros(n, self.model.state_size)
+
+    def reset_rows(self, mask: np.ndarray) -> None:
+        if mask.any():
+            self.h[np.flatnonzero(mask)] = 0.0
+
+    def act(self, obs: np.ndarray, dt: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = torch.as_tensor(self.spec.normalize(obs), dtype=torch.float32)
+        elapsed = torch.as_tensor(np.asarray(dt) / self.spec.control_period_s, dtype=torch.float32)
+        with torch.no_grad():
+            y, self.h = self.model.step(x, self.h, elapsed)
+        self.last_state = self.h.numpy().copy()
+        return self.spec.to_physical(y.numpy().astype(np.float64))
+
+
+class PolicyAgent:
+    """The deploy path: one numpy `core.Policy` per env (what the robot runs)."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.copies: list[Policy] = []
+        self.last_state: np.ndarray | None = None
+
+    def reset(self, n: int) -> None:
+        # fresh instances: the runtime's work buffers are views that copy.deepcopy would detach
+        p = self.policy
+        self.copies = [
+            Policy(p.wiring, p.params, p.spec, p.ode_unfolds, p.epsilon, p.time_unit_s)
+            for _ in range(n)
+        ]
+
+    def reset_rows(self, mask: np.ndarray) -> None:
+        for i in np.flatnonzero(mask):
+            self.copies[i].reset()
+
+    def act(self, obs: np.ndarray, dt: np.ndarray) -> np.ndarray:
+        actions = np.stack(
+            [p.step(o, dt=float(d)) for p, o, d in zip(self.copies, obs, dt, strict=True)]
+        )
+        self.last_state = np.stack([p.state for p in self.copies])
+        return actions
+
+
+@dataclass
+class Episodes:
+    """Result of `run_episodes`: one entry per episode."""
+
+    returns: np.ndarray
+    lengths: np.ndarray
+    traces: list[dict[str, np.ndarray]] = field(default_factory=list)  # if record=True
+
+
+def run_episodes(
+    agent,
+    make: Callable[[int], gym.Env],
+    seeds: list[int],
+    record: bool = False,
+    progress=None,
+) -> Episodes:
+    """One episode per seed, all side by side; `make(seed)` builds the env for that seed."""
+    envs = [make(s) for s in seeds]
+    n = len(envs)
+    obs = np.stack([env.reset(seed=s)[0] for env, s in zip(envs, seeds, strict=True)]).astype(
+        np.float64
+    )
+    period = 1.0 / float(_control_rate(envs[0]))
+    dt = np.full(n, period)
+    agent.reset(n)
+    alive = np.ones(n, bool)
+    returns, lengths = np.zeros(n), np.zeros(n, int)
+    traces = [{"obs": [], "action": [], "reward": [], "dt": [], "state": []} for _ in range(n)]
+    while alive.any():
+        actions = agent.act(obs, dt)
+        state = getattr(agent, "last_state", None)
+        for i in np.flatnonzero(alive):
+            next_obs, reward, terminated, truncated, info = envs[i].step(
+                actions[i].astype(envs[i].action_space.dtype)
+            )
+            if record:
+                tr = traces[i]
+                tr["obs"].append(obs[i].copy())
+                tr["action"].append(actions[i].copy())
+                tr["reward"].append(float(reward))
+                tr["dt"].append(float(dt[i]))
+                if state is not None:
+                    tr["state"].append(state[i].copy())
+            returns[i] += float(reward)
+            lengths[i] += 1
+            obs[i] = next_obs
+            dt[i] = float(info.get("dt", period))
+            if terminated or truncated:
+                alive[i] = False
+                if progress is not None:
+                    progress.update(1)
+    for env in envs:
+        env.close()
+    out = Episodes(returns, lengths)
+    if record:
+        out.traces = [{k: np.asarray(v) for k, v in tr.items()} for tr in traces]
+    return out
+
+
+def _control_rate(env: gym.Env) -> float:
+    from .envs import interface_spec
+
+    return interface_spec(env).control_rate_hz
