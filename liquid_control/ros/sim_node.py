@@ -1,0 +1,494 @@
+"""`sim_node`: a MuJoCo robot (the gym env's own model and code) behind the robot's ROS interface.
+
+It steps the physics in real time (`real_time_factor`; faster than real time allowed, 0 = as fast
+as possible), publishes /clock so the graph can run on sim time, publishes the spec's sensor topics
+at their rates (`spec.extra["sensor_rates_hz"]`, stamped with sim time), and applies the commands it
+receives with the env's own `apply_command` (same clipping, same wheel kinematics), optionally
+delayed (`command_latency_s`) and noisy (`command_noise_std`). It never blocks on a missing command:
+it holds the last one, or the safe (zero) command once `command_timeout_s` of sim time passed
+without one, and says so on ~/command_status and in the log.
+
+Lock-step mode (`lockstep: true`, for tests): at every control tick it publishes the sensors, then
+/clock, then waits (up to `lockstep_timeout_s` of wall time) for one new message on every command
+topic before it steps the next control period. Both sides then see exactly the data the gym env
+produces, whatever the machine load.
+
+Services: ~/reset (std_srvs/Trigger: new episode with the next seed), ~/pause (std_srvs/SetBool).
+Topics out: /clock, sensors, ~/episode (std_msgs/String, JSON figures of each finished episode:
+return, steps, lane error, collisions, reason), ~/command_status (std_msgs/String).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+import rclpy
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
+from std_msgs.msg import String
+from std_srvs.srv import SetBool, Trigger
+
+from liquid_control.core.adapters import fields_to_message
+from liquid_control.core.spec import ActionElement, InterfaceSpec
+
+ROBOTS = {
+    "cartpole": ("liquid_control.envs.cartpole", "CartPoleSwingUpEnv", 500),
+    "rover": ("liquid_control.envs.rover", "RoverLaneEnv", 800),
+}
+
+
+def message_class(msg_type: str):
+    """ "pkg/Type" -> the rclpy message class."""
+    pkg, name = msg_type.split("/")
+    return getattr(importlib.import_module(f"{pkg}.msg"), name)
+
+
+def _get_path(msg: Any, path: str) -> Any:
+    for p in path.split("."):
+        msg = getattr(msg, p)
+    return msg
+
+
+def read_command(elements: list[ActionElement], msg: Any) -> np.ndarray:
+    """Values of the spec's action elements carried by one command message (robot units).
+
+    Raises ValueError naming the element when the message does not carry it or it is not finite."""
+    out = np.empty(len(elements))
+    for j, e in enumerate(elements):
+        try:
+            if e.msg_type == "std_msgs/Float64MultiArray":
+                value = msg.data[e.index]
+            elif e.msg_type == "trajectory_msgs/JointTrajectory":
+                names = list(msg.joint_names)
+                value = getattr(msg.points[0], e.field)[names.index(e.key)]
+            else:
+                value = _get_path(msg, e.field)
+        except (IndexError, ValueError, AttributeError) as exc:
+            raise ValueError(f"command for {e.name!r} ({e.msg_type} {e.field}): {exc}") from exc
+        if not math.isfinite(float(value)):
+            raise ValueError(f"command for {e.name!r}: expected a finite value, got {value!r}")
+        out[j] = float(value)
+    return out
+
+
+def _stamp(sim_time_s: float):
+    from builtin_interfaces.msg import Time
+
+    sec = int(math.floor(sim_time_s))
+    return Time(sec=sec, nanosec=int(round((sim_time_s - sec) * 1e9)) % 1_000_000_000)
+
+
+class SimNode(Node):
+    """MuJoCo simulation of one robot, speaking the robot's interface spec."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("sim_node", **kwargs)
+        p = self._declare_parameters()
+        module, cls, self.max_episode_steps = ROBOTS[p["robot"]]
+        env_kwargs = json.loads(p["env_kwargs"] or "{}")
+        if p["robot"] == "rover" and p["track_seed"] >= 0:
+            env_kwargs["track_seed"] = p["track_seed"]
+        self.env = getattr(importlib.import_module(module), cls)(**env_kwargs)
+        if p["max_episode_steps"] > 0:
+            self.max_episode_steps = p["max_episode_steps"]
+        self.spec: InterfaceSpec = self.env.interface_spec
+        self.rtf = p["real_time_factor"]
+        self.lockstep = p["lockstep"]
+        self.lockstep_timeout_s = p["lockstep_timeout_s"]
+        self.command_timeout_s = p["command_timeout_s"]
+        self.command_latency_s = p["command_latency_s"]
+        self.command_noise_std = p["command_noise_std"]
+        self.auto_reset = p["auto_reset"]
+        self.seed = p["seed"]
+        self.noise_rng = np.random.default_rng(p["seed"] + 7919)
+
+        self._lock = threading.Lock()
+        self._command_arrived = threading.Condition(self._lock)
+        self._paused = p["start_paused"]
+        self._reset_requested = False
+        self._stop = False
+
+        # Sensors: reliable publishers, so every subscriber QoS (sensor-data best effort included)
+        # matches, and lock-step runs lose nothing.
+        sensor_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.sensor_pubs = {
+            topic: (self.create_publisher(message_class(t), topic, sensor_qos), message_class(t))
+            for topic, t in self.spec.observation_topics().items()
+        }
+        rates = dict(self.spec.extra.get("sensor_rates_hz", {}))
+        ts = float(self.env.model.opt.timestep)
+        self.sensor_every: dict[str, int] = {}
+        for topic in self.sensor_pubs:
+            rate = float(rates.get(topic, self.spec.control_rate_hz))
+            every = 1.0 / (rate * ts)
+            if abs(every - round(every)) > 1e-6:
+                raise ValueError(
+                    f"sensor_rates_hz[{topic}]: {rate} Hz is not a whole number of {ts} s timesteps"
+                )
+            self.sensor_every[topic] = int(round(every))
+        control_every = self.spec.control_period_s / ts
+        if abs(control_every - round(control_every)) > 1e-6:
+            raise ValueError(
+                f"control_rate_hz: {self.spec.control_rate_hz} Hz is not a whole number of timesteps"
+            )
+        self.control_every = int(round(control_every))
+        self.clock_pub = self.create_publisher(Clock, "/clock", 10)
+        self.episode_pub = self.create_publisher(String, "~/episode", 10)
+        self.status_pub = self.create_publisher(String, "~/command_status", 10)
+
+        # Commands: one subscription per action topic; (sim receipt time, values) queued.
+        self.command_elements: dict[str, list[ActionElement]] = {}
+        for e in self.spec.actions:
+            self.command_elements.setdefault(e.topic, []).append(e)
+        self._pending: dict[str, deque] = {t: deque() for t in self.command_elements}
+        self._command_count = dict.fromkeys(self.command_elements, 0)
+        self._active = dict.fromkeys(self.command_elements)  # topic -> (received_s, values)
+        self._safe = np.clip(
+            np.zeros(self.spec.action_dim), self.spec.action_low, self.spec.action_high
+        )
+        for topic, t in self.spec.action_topics().items():
+            self.create_subscription(
+                message_class(t), topic, lambda m, tp=topic: self._on_command(tp, m), 10
+            )
+        self.create_service(Trigger, "~/reset", self._on_reset)
+        self.create_service(SetBool, "~/pause", self._on_pause)
+
+        self._status = ""
+        self._episode = 0
+        self._clock_offset_s = 0.0  # /clock keeps running across episodes (the env's time restarts)
+        self._new_episode(self.seed)
+        self.get_logger().info(
+            f"robot {p['robot']}: {len(self.sensor_pubs)} sensor topics, commands on "
+            f"{list(self.command_elements)}, control {self.spec.control_rate_hz} Hz, "
+            f"real_time_factor {self.rtf}, lockstep {self.lockstep}"
+        )
+        self._thread = threading.Thread(target=self._run, name="sim_loop", daemon=True)
+        self._thread.start()
+
+    def _declare_parameters(self) -> dict[str, Any]:
+        def d(description, read_only=False, fr=None, ir=None):
+            return ParameterDescriptor(
+                description=description,
+                read_only=read_only,
+                floating_point_range=[fr] if fr else [],
+                integer_range=[ir] if ir else [],
+            )
+
+        params = {
+            "robot": ("cartpole", d("robot model: cartpole | rover", read_only=True)),
+            "seed": (
+                0,
+                d("seed of the first episode; each reset uses the next one", read_only=True),
+            ),
+            "track_seed": (
+                -1,
+                d("rover: fixed track seed; -1 = drawn from the episode seed", read_only=True),
+            ),
+            "env_kwargs": ("{}", d("JSON keyword arguments of the env class", read_only=True)),
+            "real_time_factor": (
+                1.0,
+                d(
+                    "sim seconds per wall second; 0 = as fast as possible",
+                    True,
+                    FloatingPointRange(from_value=0.0, to_value=1000.0),
+                ),
+            ),
+            "lockstep": (
+                False,
+                d("wait for the command of each control tick before stepping on", True),
+            ),
+            "lockstep_timeout_s": (
+                5.0,
+                d(
+                    "lock-step: wall seconds to wait for a command before going on",
+                    True,
+                    FloatingPointRange(from_value=0.0, to_value=600.0),
+                ),
+            ),
+            "command_timeout_s": (
+                0.5,
+                d(
+                    "sim seconds without a command before the safe (zero) command",
+                    True,
+                    FloatingPointRange(from_value=0.0, to_value=3600.0),
+                ),
+            ),
+            "command_latency_s": (
+                0.0,
+                d(
+                    "sim seconds between a command's arrival and its application",
+                    True,
+                    FloatingPointRange(from_value=0.0, to_value=10.0),
+                ),
+            ),
+            "command_noise_std": (
+                0.0,
+                d(
+                    "command noise, fraction of each action's half range",
+                    True,
+                    FloatingPointRange(from_value=0.0, to_value=1.0),
+                ),
+            ),
+            "auto_reset": (True, d("start a new episode when one ends", True)),
+            "max_episode_steps": (
+                0,
+                d(
+                    "control steps per episode; 0 = the env's registered limit",
+                    True,
+                    ir=IntegerRange(from_value=0, to_value=10_000_000),
+                ),
+            ),
+            "start_paused": (False, d("start paused (resume with ~/pause false)", True)),
+        }
+        out = {}
+        for name, (default, desc) in params.items():
+            out[name] = self.declare_parameter(name, default, desc).value
+        if out["robot"] not in ROBOTS:
+            raise ValueError(
+                f"parameter robot: expected one of {sorted(ROBOTS)}, got {out['robot']!r}"
+            )
+        return out
+
+    # -- callbacks ---------------------------------------------------------------------------
+    def _on_command(self, topic: str, msg: Any) -> None:
+        try:
+            values = read_command(self.command_elements[topic], msg)
+        except ValueError as exc:
+            self.get_logger().warning(f"command on {topic} rejected: {exc}")
+            return
+        with self._lock:
+            self._pending[topic].append((float(self.env.data.time), values))
+            self._command_count[topic] += 1
+            self._command_arrived.notify_all()
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self._lock:
+            self._reset_requested = True
+            self._command_arrived.notify_all()
+        response.success = True
+        response.message = f"new episode with seed {self.seed + self._episode + 1}"
+        return response
+
+    def _on_pause(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        with self._lock:
+            self._paused = bool(request.data)
+        response.success = True
+        response.message = "paused" if request.data else "running"
+        self.get_logger().info(response.message)
+        return response
+
+    # -- simulation ----------------------------------------------------------------------------
+    def _sim_time(self) -> float:
+        """Graph time (the /clock value): monotonic across episodes."""
+        return self._clock_offset_s + float(self.env.data.time)
+
+    def _new_episode(self, seed: int) -> None:
+        if self.env.data is not None:
+            self._clock_offset_s += float(self.env.data.time)
+        self.env.reset(seed=int(seed))
+        self._steps = 0
+        self._physics_steps = 0
+        self._return = 0.0
+        self._lane_sq = 0.0
+        self._collisions = 0
+        self._episode_seed = int(seed)
+        for t in self._pending:
+            self._pending[t].clear()
+            self._active[t] = None
+
+    def _publish_episode(self, reason: str, info: dict[str, Any]) -> None:
+        figures = {
+            "episode": self._episode,
+            "seed": self._episode_seed,
+            "steps": self._steps,
+            "return": self._return,
+            "reason": reason,
+            "collisions": self._collisions,
+            "sim_time_s": self._sim_time(),
+        }
+        if "lane_error" in info:
+            figures["lane_error_rms_m"] = math.sqrt(self._lane_sq / max(self._steps, 1))
+            figures["progress_m"] = float(info.get("progress_m", 0.0))
+            figures["track_seed"] = int(info.get("track_seed", -1))
+        self.episode_pub.publish(String(data=json.dumps(figures)))
+        self.get_logger().info(f"episode {self._episode} ended ({reason}): {figures}")
+        self._episode += 1
+
+    def _say(self, status: str) -> None:
+        if status != self._status:
+            self._status = status
+            self.status_pub.publish(String(data=status))
+            if status.startswith("ok"):
+                self.get_logger().info(status)
+            else:
+                self.get_logger().warning(status)
+
+    def _command_now(self, now_s: float) -> np.ndarray:
+        """The command to apply at sim time `now_s` (latency, timeout and noise applied)."""
+        action = self._safe.copy()
+        states = []
+        for topic, elements in self.command_elements.items():
+            queue = self._pending[topic]
+            while queue and queue[0][0] + self.command_latency_s <= now_s + 1e-9:
+                received, values = queue.popleft()
+                if self.command_noise_std > 0:
+                    half = np.array([(e.high - e.low) / 2 for e in elements])
+                    values = (
+                        values
+                        + self.noise_rng.normal(0.0, self.command_noise_std, values.shape) * half
+                    )
+                self._active[topic] = (received, values)
+            active = self._active[topic]
+            slots = [self.spec.actions.index(e) for e in elements]
+            if active is None:
+                states.append(f"no command yet on {topic}: applying zero")
+            elif (
+                now_s - active[0] > self.command_timeout_s + self.command_latency_s
+                and not self.lockstep
+            ):
+                states.append(
+                    f"no command on {topic} for over {self.command_timeout_s} s: applying zero"
+                )
+            else:
+                action[slots] = active[1]
+        self._say("; ".join(states) if states else "ok: applying commands")
+        return action
+
+    def _publish_sensors(self, all_topics: bool) -> None:
+        due = [
+            t
+            for t, every in self.sensor_every.items()
+            if all_topics or self._physics_steps % every == 0
+        ]
+        if not due:
+            return
+        readings = self.env.readings()
+        stamp = _stamp(self._sim_time())
+        for topic in due:
+            pub, cls = self.sensor_pubs[topic]
+            msg = fields_to_message(cls(), readings[topic])
+            if hasattr(msg, "header"):
+                msg.header.stamp = stamp
+            pub.publish(msg)
+
+    def _wait_for_commands(self) -> None:
+        """Lock-step: wait for one new message on every command topic (lock held by caller)."""
+        counts = dict(self._command_count)
+        deadline = time.monotonic() + self.lockstep_timeout_s
+        while not self._stop and not self._reset_requested:
+            if all(self._command_count[t] > counts[t] for t in counts):
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._say(
+                    f"lockstep: no command within {self.lockstep_timeout_s} s at t={self.env.data.time:.3f}: going on"
+                )
+                return
+            self._command_arrived.wait(timeout=min(left, 0.1))
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:  # noqa: BLE001 - report and stop: the node is useless without its loop
+            if self._stop or not rclpy.ok():
+                return  # shutting down: publishers may already be gone
+            self.get_logger().error(f"simulation loop stopped: {exc!r}")
+            raise
+
+    def _loop(self) -> None:
+        wall0, sim0 = time.monotonic(), float(self.env.data.time)
+        action = self._safe.copy()
+        while not self._stop and rclpy.ok():
+            with self._lock:
+                if self._reset_requested:
+                    self._reset_requested = False
+                    self._publish_episode("reset", {})
+                    self._new_episode(self.seed + self._episode)
+                    wall0, sim0 = time.monotonic(), float(self.env.data.time)
+                if self._paused:
+                    paused = True
+                else:
+                    paused = False
+                    now = float(self.env.data.time)
+                    tick = self._physics_steps % self.control_every == 0
+                    if tick and self._physics_steps > 0:
+                        if self._end_of_control_step(action):
+                            wall0, sim0 = time.monotonic(), float(self.env.data.time)
+                            continue
+                    self._publish_sensors(all_topics=False)
+                    self.clock_pub.publish(Clock(clock=_stamp(self._sim_time())))
+                    if tick and self.lockstep:
+                        self._lock.release()
+                        time.sleep(0.002)  # sensors before the clock tick reaches the policy
+                        self._lock.acquire()
+                        self._wait_for_commands()
+                    action = self._command_now(now)
+                    action = self.env.apply_command(action)
+                    self.env.advance(1)
+                    self._physics_steps += 1
+            if paused:
+                time.sleep(0.01)
+                wall0, sim0 = time.monotonic(), float(self.env.data.time)
+                continue
+            if self.rtf > 0 and not self.lockstep:
+                ahead = (float(self.env.data.time) - sim0) / self.rtf - (time.monotonic() - wall0)
+                if ahead > 0:
+                    time.sleep(ahead)
+
+    def _end_of_control_step(self, action: np.ndarray) -> bool:
+        """Score the control step that just ended; True when a new episode was started."""
+        reward, terminated, info = self.env.score(action, self.spec.control_period_s)
+        self._steps += 1
+        self._return += reward
+        self._lane_sq += float(info.get("lane_error", 0.0)) ** 2
+        self._collisions += int(bool(info.get("collision", False)))
+        truncated = self._steps >= self.max_episode_steps
+        if not (terminated or truncated):
+            return False
+        reason = "time_limit"
+        if terminated:
+            reason = next(
+                (k for k in ("collision", "finished", "end_stop") if info.get(k)), "terminated"
+            )
+        self._publish_episode(reason, info)
+        if self.auto_reset:
+            self._new_episode(self.seed + self._episode)
+        else:
+            self._paused = True
+        return True
+
+    def destroy_node(self) -> None:
+        self._stop = True
+        with self._lock:
+            self._command_arrived.notify_all()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=2.0)
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node = SimNode()
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()
