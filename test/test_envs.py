@@ -112,7 +112,7 @@ def test_cartpole_starts_hanging_and_reward_favours_upright():
 def test_cartpole_terminates_at_the_end_stop():
     env = gym.make(ENV_IDS["cartpole"])
     env.reset(seed=0)
-    for step in range(200):
+    for step in range(200):  # noqa: B007 (reported below)
         _, _, terminated, truncated, info = env.step(np.array([10.0]))
         if terminated:
             break
@@ -150,7 +150,7 @@ def test_rover_progress_is_rewarded_and_a_wall_hit_ends_the_episode():
         _, r, terminated, _, info = env.step(np.array([1.0, 0.0]))
         rewards.append(r)
     assert np.mean(rewards) > 0.2 and info["progress_m"] > 0.3
-    for step in range(200):  # full left turn: into the left wall
+    for step in range(200):  # noqa: B007 (reported below)  # full left turn: into the left wall
         _, r, terminated, _, info = env.step(np.array([0.5, 2.0]))
         if terminated:
             break
