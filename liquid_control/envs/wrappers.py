@@ -96,11 +96,18 @@ def _rng(wrapper: gym.Wrapper) -> np.random.Generator:
 
 
 class _SeededWrapper(gym.Wrapper):
-    """Draws its randomness from a generator derived from the env's `np_random` at each reset, so
-    `reset(seed=s)` makes a wrapped episode reproducible."""
+    """Draws its randomness from its own generator: `reset(seed=s)` reseeds it from (s, wrapper
+    name), so a wrapped episode is reproducible and the env's own generator (initial states, tracks)
+    is left untouched: the same seed gives the same initial state with and without wrappers."""
 
-    def _reseed(self) -> None:
-        self._wrapper_rng = np.random.default_rng(self.env.unwrapped.np_random.integers(2**63))
+    _wrapper_rng: np.random.Generator | None = None
+
+    def _reseed(self, seed: int | None) -> None:
+        if seed is not None:
+            salt = sum(type(self).__name__.encode())
+            self._wrapper_rng = np.random.default_rng((int(seed), salt))
+        elif self._wrapper_rng is None:
+            self._wrapper_rng = np.random.default_rng()
 
 
 class ObservationNoise(_SeededWrapper):
@@ -123,7 +130,7 @@ class ObservationNoise(_SeededWrapper):
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
-        self._reseed()
+        self._reseed(kwargs.get("seed"))
         return self._noisy(obs), info
 
     def step(self, action):
@@ -151,7 +158,7 @@ class ActionLatency(_SeededWrapper):
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
-        self._reseed()
+        self._reseed(kwargs.get("seed"))
         self.latency_steps = int(_rng(self).integers(self.min_steps, self.max_steps + 1))
         self._queue = deque([self.safe_action.copy()] * self.latency_steps)
         info["latency_steps"] = self.latency_steps
@@ -192,7 +199,7 @@ class SensorDropout(_SeededWrapper):
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
-        self._reseed()
+        self._reseed(kwargs.get("seed"))
         self._remaining = dict.fromkeys(self.topics, 0)
         self._last = np.array(obs, copy=True)
         info["dropped_topics"] = []
@@ -227,7 +234,7 @@ class ControlJitter(_SeededWrapper):
 
     def reset(self, **kwargs):
         out = self.env.reset(**kwargs)
-        self._reseed()
+        self._reseed(kwargs.get("seed"))
         return out
 
     def step(self, action):
@@ -291,13 +298,12 @@ class DomainRandomization(_SeededWrapper):
         return scales
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        if seed is not None:  # seed here: the draws come before the inner reset
-            self._robot_env.np_random, _ = gym.utils.seeding.np_random(seed)
-        rng = np.random.default_rng(self._robot_env.np_random.integers(2**63))
+        self._reseed(seed)  # the draws come before the inner reset (they change the model)
+        rng = _rng(self)
         scales = self._draw(rng)
         self._robot_env.set_physics_scales(scales)
         self.offset = rng.normal(0.0, 1.0, self.offset_std.shape) * self.offset_std
-        obs, info = self.env.reset(seed=None, options=options)
+        obs, info = self.env.reset(seed=seed, options=options)
         info["randomization"] = {**scales, "sensor_offset": self.offset.copy()}
         return obs + self.offset, info
 
