@@ -84,8 +84,8 @@ def read_command(elements: list[ActionElement], msg: Any) -> np.ndarray:
 def _stamp(sim_time_s: float):
     from builtin_interfaces.msg import Time
 
-    sec = int(math.floor(sim_time_s))
-    return Time(sec=sec, nanosec=int(round((sim_time_s - sec) * 1e9)) % 1_000_000_000)
+    sec, nanosec = divmod(int(round(sim_time_s * 1e9)), 1_000_000_000)
+    return Time(sec=sec, nanosec=nanosec)
 
 
 class SimNode(Node):
@@ -380,6 +380,7 @@ class SimNode(Node):
             if hasattr(msg, "header"):
                 msg.header.stamp = stamp
             pub.publish(msg)
+        return True
 
     def _wait_for_commands(self) -> None:
         """Lock-step: wait for one new message on every command topic (lock held by caller)."""
@@ -425,8 +426,10 @@ class SimNode(Node):
                         if self._end_of_control_step(action):
                             wall0, sim0 = time.monotonic(), float(self.env.data.time)
                             continue
-                    self._publish_sensors(all_topics=False)
-                    self.clock_pub.publish(Clock(clock=_stamp(self._sim_time())))
+                    # /clock ticks whenever something happens (a sensor message or a control
+                    # tick), not at every physics step: enough for sim-time timers, cheaper.
+                    if self._publish_sensors(all_topics=False) or tick:
+                        self.clock_pub.publish(Clock(clock=_stamp(self._sim_time())))
                     if tick and self.lockstep:
                         self._lock.release()
                         time.sleep(0.002)  # sensors before the clock tick reaches the policy
