@@ -67,7 +67,7 @@ def test_step_reports_the_control_period_as_dt(env_id):
 def test_observation_is_the_adapter_reading_of_the_published_messages(env_cls):
     """The env's vector equals the spec adapters applied to the same fields copied into real ROS
     messages (what the sim node publishes and the policy node reads)."""
-    from liquid_control.ros.sim_node import message_class
+    from liquid_control.ros.messages import message_class
 
     env = env_cls()
     obs, _ = env.reset(seed=1)

@@ -40,17 +40,12 @@ from std_srvs.srv import SetBool, Trigger
 
 from liquid_control.core.adapters import fields_to_message
 from liquid_control.core.spec import ActionElement, InterfaceSpec
+from liquid_control.ros.messages import COMMAND_QOS, message_class
 
 ROBOTS = {
     "cartpole": ("liquid_control.envs.cartpole", "CartPoleSwingUpEnv", 500),
     "rover": ("liquid_control.envs.rover", "RoverLaneEnv", 800),
 }
-
-
-def message_class(msg_type: str):
-    """ "pkg/Type" -> the rclpy message class."""
-    pkg, name = msg_type.split("/")
-    return getattr(importlib.import_module(f"{pkg}.msg"), name)
 
 
 def _get_path(msg: Any, path: str) -> Any:
@@ -158,7 +153,7 @@ class SimNode(Node):
         )
         for topic, t in self.spec.action_topics().items():
             self.create_subscription(
-                message_class(t), topic, lambda m, tp=topic: self._on_command(tp, m), 10
+                message_class(t), topic, lambda m, tp=topic: self._on_command(tp, m), COMMAND_QOS
             )
         self.create_service(Trigger, "~/reset", self._on_reset)
         self.create_service(SetBool, "~/pause", self._on_pause)
