@@ -69,9 +69,10 @@ class DistillConfig:
     beta_decay: float = 0.5  # beta_k = beta0 * beta_decay**k
     window: int = 32  # truncated BPTT length (steps)
     burn_in: int = 8  # steps at the start of a window that warm the state without loss
-    epochs: int = 4  # passes over the aggregated data per round (in windows)
-    batch_size: int = 64
-    lr: float = 3e-3
+    epochs: int = 6  # passes over the aggregated data per round (in windows)
+    batch_size: int = 16
+    lr: float = 1e-2  # LTC (it needs more and larger steps than the LSTM)
+    lstm_lr: float = 3e-3
     grad_clip: float = 1.0
     max_dataset_steps: int = 200_000  # oldest data is dropped beyond this
     eval_episodes: int = 4  # closed-loop episodes that select the best student
@@ -95,6 +96,7 @@ class FinetuneConfig:
     clip_range: float = 0.1
     ent_coef: float = 0.0
     init_log_std: float = -1.0
+    critic_warmup_rollouts: int = 2  # rollouts that fit the critic only (protects the actor)
     eval_episodes: int = 4
 
 
@@ -223,6 +225,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         ("distill.epochs", d.epochs),
         ("distill.batch_size", d.batch_size),
         ("distill.lr", d.lr),
+        ("distill.lstm_lr", d.lstm_lr),
         ("distill.eval_episodes", d.eval_episodes),
         ("finetune.n_envs", f.n_envs),
         ("finetune.n_steps", f.n_steps),
@@ -268,5 +271,5 @@ def config_from_dict(data: Any, source: str = "") -> TrainConfig:
         raise ConfigError(
             f"{source or 'config'}: expected a mapping at the top level, got {data!r}"
         )
-    data = {**data, "source": source}
-    return validate(_build(TrainConfig, data, ""))
+    data = {k: v for k, v in data.items() if k != "source"}
+    return dataclasses.replace(validate(_build(TrainConfig, data, "")), source=source)

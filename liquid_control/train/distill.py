@@ -222,7 +222,7 @@ def train_student(
             optim.step()
             if hasattr(model, "apply_weight_constraints"):
                 model.apply_weight_constraints()
-            losses.append(float(loss))
+            losses.append(loss.item())
     return float(np.mean(losses)) if losses else float("nan")
 
 
@@ -255,7 +255,8 @@ def distill(cfg: TrainConfig, run_dir: str | os.PathLike, progress: bool = True)
     teacher = Teacher.load(run_dir / "teacher", cfg.teacher.algo)
     spec = base_spec(cfg)
     students = make_students(cfg, spec.obs_dim, spec.action_dim)
-    optims = {k: torch.optim.Adam(m.parameters(), lr=d.lr) for k, m in students.items()}
+    lrs = {"ltc": d.lr, "lstm": d.lstm_lr}
+    optims = {k: torch.optim.Adam(m.parameters(), lr=lrs[k]) for k, m in students.items()}
     data = Dataset()
     state: dict[str, Any] = {"iteration": 0, "best": {}, "history": []}
     index = out / "progress.json"

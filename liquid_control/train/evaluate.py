@@ -78,7 +78,13 @@ def evaluate_run(cfg: TrainConfig, run_dir: str | os.PathLike, progress: bool = 
     n = cfg.evaluate.episodes
     obs_std = ltc_policy.spec.obs_std
     rows: list[dict[str, Any]] = []
-    bar = tqdm(total=len(cases) * len(agents), desc="evaluate", unit="run", disable=not progress)
+    bar = tqdm(
+        total=len(cases) * len(agents),
+        desc="evaluate",
+        unit="run",
+        disable=not progress,
+        mininterval=2.0,
+    )
     for case, perturb in cases.items():
         for label, agent in agents.items():
             returns = run_episodes(agent, cfg.env, n, EVAL_SEED, perturb, obs_std)

@@ -1,0 +1,413 @@
+"""The training pipeline on tiny budgets: config errors, envs and perturbations, every stage's
+wiring, resume after kill -9 (bit-identical to an uninterrupted run), evaluation outputs, and
+ONNX / numpy-runtime agreement. Full-size training is not run here."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from liquid_control.core.ltc import init_params
+from liquid_control.core.policy import Policy
+from liquid_control.core.wiring import AutoNCP
+from liquid_control.train.config import ConfigError, config_from_dict, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "name": "idp_tiny",
+    "seed": 3,
+    "env": {"id": "InvertedDoublePendulum-v5", "max_episode_steps": 100},
+    "teacher": {
+        "algo": "PPO",
+        "total_timesteps": 2048,
+        "n_envs": 2,
+        "net_arch": [16, 16],
+        "hyperparams": {"n_steps": 256, "batch_size": 128, "n_epochs": 2},
+        "eval_freq": 1024,
+        "eval_episodes": 2,
+        "checkpoint_freq": 512,
+    },
+    "distill": {
+        "iterations": 3,
+        "steps_per_iteration": 600,
+        "n_envs": 3,
+        "window": 12,
+        "burn_in": 3,
+        "epochs": 2,
+        "batch_size": 16,
+        "eval_episodes": 2,
+        "dt_jitter": 0.2,
+    },
+    "finetune": {
+        "enabled": True,
+        "total_timesteps": 1024,
+        "n_envs": 2,
+        "n_steps": 128,
+        "window": 16,
+        "epochs": 2,
+        "batch_size": 8,
+        "eval_episodes": 2,
+        "critic_warmup_rollouts": 1,
+    },
+    "evaluate": {
+        "episodes": 2,
+        "perturbations": {"obs_noise": 0.1, "dt_jitter": 0.3, "mass_scale": 1.2},
+    },
+}
+
+
+def write_config(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "liquid_control.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        **kwargs,
+    )
+
+
+# -- configuration -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"teacher": {"algo": "DQN"}}, "teacher.algo"),
+        ({"teacher": {"total_timesteps": "many"}}, "teacher.total_timesteps"),
+        ({"distill": {"windw": 3}}, "windw"),
+        ({"distill": {"window": 8, "burn_in": 8}}, "distill.burn_in"),
+        ({"distill": {"beta_decay": 1.5}}, "distill.beta_decay"),
+        ({"evaluate": {"perturbations": {"gravity": 2.0}}}, "evaluate.perturbations.gravity"),
+        ({"env": {"kwargs": []}}, "env.kwargs"),
+    ],
+)
+def test_config_errors_name_the_field(patch: dict, field: str) -> None:
+    data = json.loads(json.dumps(TINY))
+    for section, values in patch.items():
+        data[section] = {**data.get(section, {}), **values}
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        config_from_dict(data)
+
+
+def test_config_requires_env_id() -> None:
+    with pytest.raises(ConfigError, match=r"env\.id: missing"):
+        config_from_dict({"name": "x", "env": {}})
+
+
+def test_shipped_task_configs_load() -> None:
+    names = sorted(p.name for p in (ROOT / "config" / "train").glob("*.yaml"))
+    assert {"cartpole.yaml", "cartpole_tiny.yaml", "inverted_double_pendulum.yaml"} <= set(names)
+    for name in names:
+        load_config(ROOT / "config" / "train" / name)
+
+
+# -- envs and perturbations --------------------------------------------------------------------
+def test_generic_spec_names_channels_and_maps_actions_to_unit_range() -> None:
+    import gymnasium as gym
+
+    from liquid_control.train.envs import spec_for_gym_env
+
+    spec = spec_for_gym_env(gym.make("HalfCheetah-v5"))
+    assert spec.obs_dim == 17 and spec.action_dim == 6
+    assert [o.name for o in spec.observations[:2]] == ["obs_0", "obs_1"]
+    assert {o.topic for o in spec.observations} == {"observation"}
+    assert spec.actions[5].topic == "command" and spec.actions[5].index == 5
+    assert spec.control_rate_hz == pytest.approx(20.0)
+    np.testing.assert_allclose(
+        spec.to_physical(np.array([-1.0, 1, 0, 0.5, -0.5, 2])), [-1, 1, 0, 0.5, -0.5, 1]
+    )
+
+
+def test_dt_jitter_is_reported_in_info_and_physics_shift_edits_the_model() -> None:
+    from liquid_control.train.config import EnvConfig
+    from liquid_control.train.envs import make_env
+
+    cfg = EnvConfig(id="InvertedDoublePendulum-v5")
+    nominal = make_env(cfg, seed=0, randomize=False)
+    shifted = make_env(cfg, seed=0, randomize=False, perturb={"mass_scale": 1.5, "dt_jitter": 0.3})
+    np.testing.assert_allclose(
+        shifted.unwrapped.model.body_mass, 1.5 * nominal.unwrapped.model.body_mass
+    )
+    shifted.reset(seed=0)
+    dts = [shifted.step(np.zeros(1, np.float32))[4]["dt"] for _ in range(20)]
+    assert min(dts) >= 0.05 * 0.7 - 1e-9 and max(dts) <= 0.05 * 1.3 + 1e-9
+    assert np.std(dts) > 0.002
+    nominal.reset(seed=0)
+    assert nominal.step(np.zeros(1, np.float32))[4]["dt"] == pytest.approx(0.05)
+
+
+def test_action_latency_applies_the_previous_command() -> None:
+    from liquid_control.train.config import EnvConfig
+    from liquid_control.train.envs import make_env
+
+    cfg = EnvConfig(id="InvertedDoublePendulum-v5")
+    delayed = make_env(cfg, seed=0, randomize=False, perturb={"action_latency": 1})
+    direct = make_env(cfg, seed=0, randomize=False)
+    a, b = delayed.reset(seed=1)[0], direct.reset(seed=1)[0]
+    np.testing.assert_array_equal(a, b)
+    push = np.ones(1, np.float32)
+    a = delayed.step(push)[0]  # applies the neutral command (0)
+    b = direct.step(np.zeros(1, np.float32))[0]
+    np.testing.assert_allclose(a, b)
+
+
+# -- export ------------------------------------------------------------------------------------
+def test_onnx_step_matches_the_numpy_runtime(tmp_path: Path) -> None:
+    import gymnasium as gym
+
+    from liquid_control.train.envs import spec_for_gym_env
+    from liquid_control.train.export import check_onnx, export_onnx
+
+    spec = spec_for_gym_env(gym.make("HalfCheetah-v5"))
+    wiring = AutoNCP(19, 6, seed=5).build(17)
+    policy = Policy(wiring, init_params(wiring, seed=2), spec)
+    worst = export_onnx(policy, tmp_path / "step.onnx")
+    assert worst < 1e-4
+    # a different policy does not pass the check against this ONNX file
+    other = Policy(wiring, init_params(wiring, seed=9), spec)
+    with pytest.raises(RuntimeError, match="differ"):
+        check_onnx(other, tmp_path / "step.onnx")
+
+
+# -- the pipeline on tiny budgets --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory) -> Path:
+    """A run folder whose teacher stage is done (trained once, copied by the tests)."""
+    run = tmp_path_factory.mktemp("teacher") / "run"
+    cfg = write_config(run.parent / "tiny.yaml", TINY)
+    result = cli("train", str(cfg), "--out", str(run), "--stages", "teacher", "--no-progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run
+
+
+def copy_run(src: Path, dst: Path, stages: tuple[str, ...] = ("teacher",)) -> Path:
+    dst.mkdir(parents=True)
+    shutil.copyfile(src / "config.json", dst / "config.json")
+    for stage in stages:
+        shutil.copytree(src / stage, dst / stage)
+    return dst
+
+
+@pytest.mark.slow
+def test_every_stage_runs_and_writes_its_outputs(tiny_teacher: Path, tmp_path: Path) -> None:
+    cfg_path = write_config(tmp_path / "tiny.yaml", TINY)
+    run = copy_run(tiny_teacher, tmp_path / "run")
+    result = cli("train", str(cfg_path), "--out", str(run), "--resume", "--no-progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for stage in ("teacher", "distill", "finetune", "evaluate", "export"):
+        assert (run / stage / "done.json").exists(), stage
+    # teacher: checkpoints, EvalCallback curve, TensorBoard
+    assert (run / "teacher" / "eval" / "evaluations.npz").exists()
+    assert any((run / "teacher" / "tb").rglob("events.out.tfevents*"))
+    # evaluation: one row per agent and case, table and plots
+    rows = json.loads((run / "evaluate" / "results.json").read_text())
+    agents = {r["agent"] for r in rows}
+    cases = {r["case"] for r in rows}
+    assert agents == {"teacher", "ltc19", "lstm19", "ltc19_finetuned"}
+    assert cases == {"nominal", "obs_noise=0.1", "dt_jitter=0.3", "mass_scale=1.2"}
+    assert len(rows) == len(agents) * len(cases)
+    assert all(np.isfinite(r["mean_return"]) for r in rows)
+    table = (run / "evaluate" / "results.md").read_text()
+    assert "| ltc19 |" in table and "dt_jitter=0.3" in table
+    header = (run / "evaluate" / "results.csv").read_text().splitlines()[0]
+    assert header.startswith("task,agent,case,parameters")
+    for png in ("learning_curves.png", "perturbations.png", "ltc_activity.png"):
+        assert (run / "evaluate" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # fine-tuning reports whether it helped, with both returns
+    ft = json.loads((run / "finetune" / "done.json").read_text())
+    assert isinstance(ft["improved"], bool) and ft["improved"] == (
+        ft["finetuned_return"] > ft["distilled_return"]
+    )
+    # export: a loadable policy file with the fitted normaliser, and an ONNX file that agrees
+    exported = json.loads((run / "export" / "done.json").read_text())
+    policy = Policy.load(exported["policy"])
+    assert policy.wiring.units == 19 and policy.spec.obs_dim == 9
+    assert not np.allclose(policy.spec.obs_std, 1.0)
+    assert policy.provenance["task"] == "idp_tiny"
+    assert exported["onnx_max_abs_diff"] < 1e-4
+    # `liquid-control eval` on the exported file, nominal and perturbed
+    result = cli(
+        "eval",
+        exported["policy"],
+        "--env",
+        "InvertedDoublePendulum-v5",
+        "--episodes",
+        "2",
+        "--max-episode-steps",
+        "50",
+        "--perturb",
+        "dt_jitter=0.2",
+        "--perturb",
+        "obs_noise=0.1",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "return" in result.stdout and "dt_jitter" in result.stdout
+    bad = cli(
+        "eval", exported["policy"], "--env", "InvertedDoublePendulum-v5", "--perturb", "gravity=2"
+    )
+    assert bad.returncode == 2 and "gravity=2" in bad.stderr
+
+
+@pytest.mark.slow
+def test_run_folder_refuses_to_mix_runs(tiny_teacher: Path, tmp_path: Path) -> None:
+    other = dict(TINY, seed=4)
+    result = cli(
+        "train",
+        str(write_config(tmp_path / "o.yaml", other)),
+        "--out",
+        str(tiny_teacher),
+        "--resume",
+        "--stages",
+        "teacher",
+    )
+    assert result.returncode == 2 and "another config" in result.stderr
+    result = cli(
+        "train",
+        str(write_config(tmp_path / "t.yaml", TINY)),
+        "--out",
+        str(tiny_teacher),
+        "--stages",
+        "teacher",
+    )
+    assert result.returncode == 2 and "--resume" in result.stderr
+
+
+def _kill_when(proc: subprocess.Popen, path: Path, timeout_s: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert proc.poll() is None, (
+            f"finished before {path.name} appeared: {proc.stderr.read()[-2000:]}"
+        )
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow
+def test_distillation_resumed_after_kill_matches_an_uninterrupted_run(
+    tiny_teacher: Path, tmp_path: Path
+) -> None:
+    from safetensors.numpy import load_file
+
+    cfg_path = write_config(tmp_path / "tiny.yaml", TINY)
+    reference = copy_run(tiny_teacher, tmp_path / "reference")
+    result = cli(
+        "train",
+        str(cfg_path),
+        "--out",
+        str(reference),
+        "--resume",
+        "--stages",
+        "teacher,distill",
+        "--no-progress",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    run = copy_run(tiny_teacher, tmp_path / "killed")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "liquid_control.cli",
+            "train",
+            str(cfg_path),
+            "--out",
+            str(run),
+            "--resume",
+            "--stages",
+            "teacher,distill",
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _kill_when(proc, run / "distill" / "progress.json")  # killed during round 2
+    assert proc.returncode == -signal.SIGKILL
+    progress = json.loads((run / "distill" / "progress.json").read_text())  # intact JSON
+    assert 1 <= progress["iteration"] < TINY["distill"]["iterations"]
+    assert not (run / "distill" / "done.json").exists()
+    result = cli(
+        "train",
+        str(cfg_path),
+        "--out",
+        str(run),
+        "--resume",
+        "--stages",
+        "teacher,distill",
+        "--no-progress",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("best_ltc.safetensors", "best_lstm.safetensors"):
+        a, b = load_file(reference / "distill" / name), load_file(run / "distill" / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}:{key}")
+    hist_a = json.loads((reference / "distill" / "history.json").read_text())
+    hist_b = json.loads((run / "distill" / "history.json").read_text())
+    assert hist_a == hist_b
+
+
+@pytest.mark.slow
+def test_teacher_resumes_from_its_last_checkpoint_after_kill(tmp_path: Path) -> None:
+    data = json.loads(json.dumps(TINY))
+    data["teacher"]["total_timesteps"] = 4096
+    cfg_path = write_config(tmp_path / "tiny.yaml", data)
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "liquid_control.cli",
+            "train",
+            str(cfg_path),
+            "--out",
+            str(run),
+            "--stages",
+            "teacher",
+            "--no-progress",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    index = run / "teacher" / "ckpt" / "checkpoint.json"
+    _kill_when(proc, index)
+    state = json.loads(index.read_text())
+    assert (run / "teacher" / "ckpt" / state["model"]).exists()
+    assert not (run / "teacher" / "done.json").exists()
+    result = cli(
+        "train",
+        str(cfg_path),
+        "--out",
+        str(run),
+        "--resume",
+        "--stages",
+        "teacher",
+        "--no-progress",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    done = json.loads((run / "teacher" / "done.json").read_text())
+    assert done["num_timesteps"] >= 4096
+    from liquid_control.train.teacher import Teacher
+
+    teacher = Teacher.load(run / "teacher", "PPO")
+    assert teacher.act(np.zeros((2, 9))).shape == (2, 1)
