@@ -1,0 +1,787 @@
+"""The policy node: runs an LTC policy at a fixed rate on a robot, behind a safety layer.
+
+A managed (lifecycle) node. With ``autostart`` (default) it configures and activates itself.
+
+- configure: load ``policy_path``, build the observation/action adapters from the policy's interface
+  spec, create the input subscriptions (sensor-data QoS), command publishers, services, diagnostics.
+  Topic names come from the spec; ROS remapping (``--ros-args -r /joint_states:=/robot/joint_states``,
+  or ``remappings=`` in a launch file) renames them.
+- activate: wait until every input has arrived once, then run the loop. deactivate: publish the
+  safe action once and stop commanding. cleanup/shutdown: release everything.
+
+Each tick of the timer (node clock, so it follows /clock with ``use_sim_time``): observation from the
+latest accepted messages -> ``policy.step(obs, dt)`` with the measured time since the previous tick
+(``use_measured_dt``; the LTC is continuous-time, so jitter is integrated rather than ignored) ->
+limits -> ``max_action_rate`` -> publish.
+
+Safety layer (between the policy and the actuators):
+- a message with NaN/Inf, a wrong length or missing joints is rejected (counted by reason, logged
+  with throttling, reported in diagnostics) and never reaches the policy;
+- an input older than ``sensor_timeout_s`` (judged on node-clock *receive* time: header stamps may
+  come from another clock on a robot) -> the safe action until fresh data arrives; the hidden state is
+  reset on resume (``reset_on_resume``);
+- a non-finite policy output is never published: safe action, hidden state reset, error in diagnostics;
+- ``~/estop`` (std_msgs/Bool, latched semantics: true holds the safe action until false arrives),
+  ``~/enable`` (std_srvs/SetBool) and ``~/reset`` (std_srvs/Trigger: reset the hidden state at the
+  next tick).
+
+``~/is_safe`` (latched std_msgs/Bool) is true while the node is *not* letting the policy command the
+robot (safe action, or nothing published: inactive, waiting for inputs). ``~/active_policy``
+(latched std_msgs/String) is ``<path> <content hash>``.
+
+Policy swap: setting ``policy_path`` loads and validates the file in the parameter service thread (never
+on the control path): inside ``allowed_policy_dirs``, a valid policy file, an interface spec that fits
+the running one (same channels, same control rate), one finite dry inference. The new policy then
+replaces the old one by a single reference swap at the start of the next tick, with a fresh hidden
+state; a failed check refuses the parameter with the reason, and the old policy keeps running.
+
+``~/observation`` (std_msgs/Float64MultiArray, only with ``debug``): per tick
+``[tick, dt_s, steps_since_reset, *raw_observation, *action]`` (labels in ``layout.dim``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.duration import Duration
+from rclpy.exceptions import ParameterUninitializedException
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.signals import SignalHandlerOptions
+from std_msgs.msg import Bool, Float64MultiArray, MultiArrayDimension, String
+from std_srvs.srv import SetBool, Trigger
+
+from liquid_control.core.adapters import ActionWriter, MessageRejected, ObservationAssembler
+from liquid_control.core.policy import Policy
+from liquid_control.core.policy_file import PolicyFileError
+from liquid_control.core.spec import InterfaceSpec, SpecError
+
+from .messages import (
+    COMMAND_QOS,
+    LATCHED_QOS,
+    RELIABLE_QOS,
+    input_qos,
+    make_message,
+    message_class,
+    output_qos,
+)
+from .stats import LoopStats
+
+SAFE_ACTIONS = ("zero", "hold", "spec")
+DEBUG_TOPIC = "~/observation"
+
+# name -> (default, description, descriptor extras). Declared in one place, in this order.
+PARAMETERS: dict[str, tuple[Any, str, dict[str, Any]]] = {
+    "policy_path": (
+        "",
+        "Policy file (.lcp) to run. Setting it at run time swaps the policy after validation.",
+        {},
+    ),
+    "allowed_policy_dirs": (
+        Parameter.Type.STRING_ARRAY,
+        "Directories policy files may be loaded from (empty: the directory of the policy given "
+        "at start-up).",
+        {"read_only": True},
+    ),
+    "autostart": (True, "Configure and activate without a lifecycle manager.", {"read_only": True}),
+    "control_rate_hz": (
+        0.0,
+        "Loop rate in Hz; 0 = the policy's control_rate_hz.",
+        {"read_only": True, "range": (0.0, 10000.0)},
+    ),
+    "use_measured_dt": (
+        True,
+        "Step the LTC by the measured time since the previous tick (else the nominal period).",
+        {},
+    ),
+    "sensor_timeout_s": (
+        0.25,
+        "An input older than this (node-clock receive time) makes the node publish the safe action.",
+        {"range": (0.0001, 3600.0)},
+    ),
+    "safe_action": (
+        "zero",
+        "Safe action: zero (clipped to the limits), hold (last published action) or spec "
+        "(the vector spec.extra['safe_action'] of the policy).",
+        {"additional_constraints": "one of zero, hold, spec"},
+    ),
+    "reset_on_resume": (True, "Reset the hidden state when fresh data resumes.", {}),
+    "max_action_rate": (
+        0.0,
+        "Largest change of each action element per second, in its units/s (0 = no limit).",
+        {"range": (0.0, 1.0e9)},
+    ),
+    "debug": (False, "Publish ~/observation (raw observation, dt and action of each tick).", {}),
+}
+
+
+class PolicyRejected(ValueError):
+    """A policy file failed a check before it could run; the message names the problem."""
+
+
+class PolicyNode(LifecycleNode):
+    """Managed node running an LTC policy behind a safety layer (see the module docstring)."""
+
+    def __init__(self, node_name: str = "policy_node", **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        self._declare_parameters()
+        self._control_group = MutuallyExclusiveCallbackGroup()  # the timer only
+        self._input_group = MutuallyExclusiveCallbackGroup()  # sensor subscriptions
+        self._service_group = MutuallyExclusiveCallbackGroup()  # estop, services, diagnostics
+        self._input_lock = threading.Lock()  # assembler: written by inputs, read by the tick
+        self._tick_lock = threading.Lock()  # held by a running tick (deactivate waits on it)
+        self._reset_fields()
+        self._ros_entities: list[tuple[str, Any]] = []
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    # ---------------------------------------------------------------------------------------
+    # parameters
+    # ---------------------------------------------------------------------------------------
+    def _declare_parameters(self) -> None:
+        for name, (default, description, extra) in PARAMETERS.items():
+            descriptor = ParameterDescriptor(
+                name=name,
+                description=description,
+                read_only=extra.get("read_only", False),
+                additional_constraints=extra.get("additional_constraints", ""),
+            )
+            if "range" in extra:
+                lo, hi = extra["range"]
+                descriptor.floating_point_range = [
+                    FloatingPointRange(from_value=lo, to_value=hi, step=0.0)
+                ]
+            self.declare_parameter(name, default, descriptor)
+        p = self._param
+        self._use_measured_dt = bool(p("use_measured_dt"))
+        self._sensor_timeout_s = float(p("sensor_timeout_s"))
+        self._safe_mode = str(p("safe_action"))
+        self._reset_on_resume = bool(p("reset_on_resume"))
+        self._max_action_rate = float(p("max_action_rate"))
+        self._debug = bool(p("debug"))
+        if self._safe_mode not in SAFE_ACTIONS:
+            raise ValueError(
+                f"parameter safe_action: expected one of {SAFE_ACTIONS}, got {self._safe_mode!r}"
+            )
+
+    def _param(self, name: str) -> Any:
+        try:
+            return self.get_parameter(name).value
+        except ParameterUninitializedException:  # a list declared without a default: unset
+            return []
+
+    @property
+    def autostart(self) -> bool:
+        return bool(self._param("autostart"))
+
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """Validate every change first (a swap loads and checks the file here), then apply."""
+        updates: dict[str, Any] = {}
+        for p in params:
+            if p.name == "safe_action":
+                if p.value not in SAFE_ACTIONS:
+                    return _refuse(f"safe_action: expected one of {SAFE_ACTIONS}, got {p.value!r}")
+                if p.value == "spec" and self._policy is not None:
+                    try:
+                        _spec_safe_action(self._policy.spec)
+                    except PolicyRejected as exc:
+                        return _refuse(f"safe_action 'spec': {exc}")
+            updates[p.name] = p.value
+        candidate = None
+        if "policy_path" in updates and self._policy is not None:
+            self._swap_loading = True
+            try:
+                candidate = self._load_checked(str(updates["policy_path"]), self._policy)
+            except PolicyRejected as exc:
+                self._swap_refusals += 1
+                self._last_swap_error = str(exc)
+                self.get_logger().error(f"policy swap refused: {exc}")
+                return _refuse(str(exc))
+            finally:
+                self._swap_loading = False
+        elif "policy_path" in updates:
+            try:
+                self._check_allowed(str(updates["policy_path"]))
+            except PolicyRejected as exc:
+                return _refuse(str(exc))
+        for name, value in updates.items():
+            if name in ("use_measured_dt", "reset_on_resume", "debug"):
+                setattr(self, "_" + name, bool(value))
+            elif name in ("sensor_timeout_s", "max_action_rate"):
+                setattr(self, "_" + name, float(value))
+            elif name == "safe_action":
+                self._safe_mode = str(value)
+        if candidate is not None:
+            self._pending = candidate  # taken at the start of the next tick
+            if self._timer is None:  # not running: nothing to wait for
+                with self._tick_lock:
+                    self._take_pending()
+            self.get_logger().info(
+                f"policy {candidate.path} ({candidate.content_hash}) validated; swapping"
+            )
+        return SetParametersResult(successful=True, reason="")
+
+    # ---------------------------------------------------------------------------------------
+    # loading and validation (never on the control path)
+    # ---------------------------------------------------------------------------------------
+    def _allowed_dirs(self) -> list[str]:
+        dirs = [d for d in self._param("allowed_policy_dirs") if d]
+        if not dirs and self._initial_dir:
+            dirs = [self._initial_dir]
+        return [os.path.realpath(d) for d in dirs]
+
+    def _check_allowed(self, path: str) -> str:
+        if not path:
+            raise PolicyRejected("policy_path: empty; expected the path of a .lcp policy file")
+        real = os.path.realpath(path)
+        dirs = self._allowed_dirs()
+        if dirs and not any(os.path.commonpath([real, d]) == d for d in dirs):
+            raise PolicyRejected(
+                f"policy_path {path!r} is outside allowed_policy_dirs {dirs}; expected a file "
+                "inside one of them"
+            )
+        return real
+
+    def _load_checked(self, path: str, active: Policy | None) -> Policy:
+        """Load `path` and run every check; raises PolicyRejected naming the problem."""
+        real = self._check_allowed(path)
+        try:
+            policy = Policy.load(real)
+        except (PolicyFileError, OSError) as exc:
+            raise PolicyRejected(f"policy_path {path!r}: {exc}") from None
+        spec = policy.spec
+        for msg_type in {**spec.observation_topics(), **spec.action_topics()}.values():
+            try:
+                message_class(msg_type)
+            except ValueError as exc:
+                raise PolicyRejected(f"policy_path {path!r}: {exc}") from None
+        if active is not None:
+            try:
+                active.spec.check_compatible(spec)
+            except SpecError as exc:
+                raise PolicyRejected(
+                    f"policy_path {path!r}: interface spec does not fit the node's topics: {exc}"
+                ) from None
+            if not math.isclose(spec.control_rate_hz, active.spec.control_rate_hz, rel_tol=1e-6):
+                raise PolicyRejected(
+                    f"policy_path {path!r}: control_rate_hz is {spec.control_rate_hz}, the running "
+                    f"policy's is {active.spec.control_rate_hz}"
+                )
+        if self._safe_mode == "spec":
+            _spec_safe_action(spec)
+        with self._input_lock:
+            ready = self._assembler is not None and self._assembler.ready
+            obs = self._assembler.raw() if ready else spec.obs_mean
+        try:
+            action = policy.step(obs)
+        except (ValueError, FloatingPointError) as exc:
+            raise PolicyRejected(f"policy_path {path!r}: dry inference failed: {exc}") from None
+        if not np.isfinite(action).all():
+            raise PolicyRejected(
+                f"policy_path {path!r}: dry inference gave a non-finite action {action.tolist()}"
+            )
+        policy.reset()
+        policy.path = real
+        return policy
+
+    # ---------------------------------------------------------------------------------------
+    # lifecycle
+    # ---------------------------------------------------------------------------------------
+    def _reset_fields(self) -> None:
+        self._policy: Policy | None = None
+        self._pending: Policy | None = None
+        self._assembler: ObservationAssembler | None = None
+        self._writer: ActionWriter | None = None
+        self._outputs: list[tuple[str, Any, Any]] = []  # (topic, publisher, message type)
+        self._timer = None
+        self._diag_timer = None
+        self._period_s = 0.0
+        self._initial_dir = ""
+        self._stats = LoopStats(1.0)
+        self._last_tick_ns: int | None = None
+        self._prev_action: np.ndarray | None = None
+        self._zero_action = np.zeros(0)
+        self._spec_action: np.ndarray | None = None
+        self._needs_reset = False
+        self._reset_requested = False
+        self._steps_since_reset = 0
+        self._waiting = True
+        self._estop = False
+        self._enabled = True
+        self._safe_now: bool | None = None
+        self._safe_reasons: list[str] = []
+        self._rejected: Counter[str] = Counter()
+        self._last_rejection: dict[str, str] = {}
+        self._non_finite_outputs = 0
+        self._last_error = ""
+        self._swaps = 0
+        self._swap_refusals = 0
+        self._last_swap_error = ""
+        self._swap_loading = False
+        self._pub_active = self._pub_is_safe = self._pub_diag = self._pub_debug = None
+        self._debug_msg: Float64MultiArray | None = None
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        path = str(self._param("policy_path"))
+        try:
+            self._initial_dir = ""
+            if path and not self._param("allowed_policy_dirs"):
+                self._initial_dir = os.path.dirname(os.path.realpath(path))
+            policy = self._load_checked(path, None)
+            self._build(policy)
+        except (PolicyRejected, ValueError) as exc:
+            self._last_error = f"configure failed: {exc}"
+            self.get_logger().error(self._last_error)
+            self._release()
+            return TransitionCallbackReturn.FAILURE
+        self.get_logger().info(
+            f"configured: {policy.path} ({policy.content_hash}), {policy.spec.obs_dim} inputs from "
+            f"{list(policy.spec.observation_topics())}, {policy.spec.action_dim} actions to "
+            f"{list(policy.spec.action_topics())} at {1.0 / self._period_s:g} Hz"
+        )
+        return super().on_configure(state)
+
+    def _build(self, policy: Policy) -> None:
+        spec = policy.spec
+        rate = float(self._param("control_rate_hz")) or spec.control_rate_hz
+        self._period_s = 1.0 / rate
+        self._stats = LoopStats(self._period_s)
+        self._policy = policy
+        self._assembler = ObservationAssembler(spec)
+        self._writer = ActionWriter(spec)
+        self._set_action_vectors(spec)
+        for topic, msg_type in spec.observation_topics().items():
+            self._keep(
+                "subscription",
+                self.create_subscription(
+                    message_class(msg_type),
+                    topic,
+                    lambda msg, topic=topic: self._on_input(topic, msg),
+                    input_qos(msg_type),
+                    callback_group=self._input_group,
+                ),
+            )
+        self._outputs = []
+        for topic, msg_type in spec.action_topics().items():
+            pub = self.create_lifecycle_publisher(
+                message_class(msg_type), topic, output_qos(msg_type)
+            )
+            self._keep("lifecycle_publisher", pub)
+            self._outputs.append((topic, pub, msg_type))
+        self._pub_active = self._keep(
+            "publisher", self.create_publisher(String, "~/active_policy", LATCHED_QOS)
+        )
+        self._pub_is_safe = self._keep(
+            "publisher", self.create_publisher(Bool, "~/is_safe", LATCHED_QOS)
+        )
+        self._pub_diag = self._keep(
+            "publisher", self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
+        )
+        self._pub_debug = self._keep(
+            "publisher", self.create_publisher(Float64MultiArray, DEBUG_TOPIC, COMMAND_QOS)
+        )
+        self._debug_msg = _debug_message(spec)
+        # Latched writers keep their last sample for late joiners; a plain reliable reader also
+        # hears volatile writers (`ros2 topic pub` without --qos-durability), so listen to both.
+        for qos in (LATCHED_QOS, RELIABLE_QOS):
+            self._keep(
+                "subscription",
+                self.create_subscription(
+                    Bool, "~/estop", self._on_estop, qos, callback_group=self._service_group
+                ),
+            )
+        self._keep(
+            "service",
+            self.create_service(
+                Trigger, "~/reset", self._on_reset, callback_group=self._service_group
+            ),
+        )
+        self._keep(
+            "service",
+            self.create_service(
+                SetBool, "~/enable", self._on_enable, callback_group=self._service_group
+            ),
+        )
+        self._diag_timer = self._keep(
+            "timer",
+            self.create_timer(1.0, self._publish_diagnostics, callback_group=self._service_group),
+        )
+        self._publish_active_policy()
+        self._publish_is_safe(True)
+
+    def _keep(self, kind: str, entity: Any) -> Any:
+        self._ros_entities.append((kind, entity))
+        return entity
+
+    def _set_action_vectors(self, spec: InterfaceSpec) -> None:
+        self._zero_action = np.clip(np.zeros(spec.action_dim), spec.action_low, spec.action_high)
+        self._spec_action = _spec_safe_action(spec) if "safe_action" in spec.extra else None
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        with self._tick_lock:
+            self._take_pending()
+            self._policy.reset()
+            self._steps_since_reset = 0
+            self._stats.clear()
+            self._last_tick_ns = None
+            self._prev_action = None
+            self._waiting = True
+            self._needs_reset = False
+        ret = super().on_activate(state)
+        self._timer = self.create_timer(
+            self._period_s, self._tick, callback_group=self._control_group
+        )
+        self.get_logger().info(
+            f"active; waiting for {self._assembler.missing() or 'nothing'} before commanding"
+        )
+        return ret
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_and_publish_safe()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self._timer is not None:
+            self._stop_and_publish_safe()
+        self._release()
+        return super().on_shutdown(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_and_publish_safe(self) -> None:
+        """Stop the loop (waiting for a running tick) and publish the safe action once."""
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+            self.destroy_timer(timer)
+        with self._tick_lock:
+            if self._policy is not None and not self._waiting:
+                self._publish_action(self._safe_action())
+            self._publish_is_safe(True)
+
+    def _release(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self.destroy_timer(self._timer)
+        for kind, entity in reversed(self._ros_entities):
+            getattr(self, "destroy_" + kind)(entity)
+        self._ros_entities = []
+        last_error = self._last_error
+        self._reset_fields()
+        self._last_error = last_error
+
+    def start(self) -> bool:
+        """Configure and activate (what `autostart` does); False if a transition failed."""
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            return False
+        return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
+
+    # ---------------------------------------------------------------------------------------
+    # inputs, estop, services
+    # ---------------------------------------------------------------------------------------
+    def _on_input(self, topic: str, msg: Any) -> None:
+        now_s = self.get_clock().now().nanoseconds * 1e-9
+        try:
+            with self._input_lock:
+                self._assembler.update(topic, msg, now_s)
+        except MessageRejected as exc:
+            self._rejected[exc.reason] += 1
+            self._last_rejection[exc.reason] = f"{topic}: {exc.detail}"
+            self.get_logger().warning(
+                f"rejected a message on {topic}: {exc}", throttle_duration_sec=1.0
+            )
+
+    def _on_estop(self, msg: Bool) -> None:
+        if bool(msg.data) != self._estop:
+            self._estop = bool(msg.data)
+            if self._estop:
+                self.get_logger().warning("estop engaged: holding the safe action")
+            else:
+                self.get_logger().info("estop released")
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self._reset_requested = True
+        response.success = True
+        response.message = "hidden state reset at the next tick"
+        return response
+
+    def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        self._enabled = bool(request.data)
+        response.success = True
+        response.message = (
+            "policy enabled" if self._enabled else "disabled: holding the safe action"
+        )
+        return response
+
+    # ---------------------------------------------------------------------------------------
+    # the control loop
+    # ---------------------------------------------------------------------------------------
+    def _take_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        self._policy = pending
+        self._set_action_vectors(pending.spec)
+        self._steps_since_reset = 0
+        self._swaps += 1
+        self._publish_active_policy()
+
+    def _tick(self) -> None:
+        t0 = time.perf_counter()
+        now_ns = self.get_clock().now().nanoseconds
+        with self._tick_lock:
+            if self._timer is None:  # deactivating
+                return
+            try:
+                self._control_step(t0, now_ns)
+            except Exception as exc:  # noqa: BLE001 (a bug must not leave the last command standing)
+                self._last_error = f"control step failed: {type(exc).__name__}: {exc}"
+                self.get_logger().error(self._last_error, throttle_duration_sec=1.0)
+                self._needs_reset = True
+                self._safe_reasons = ["internal error"]
+                self._publish_action(self._safe_action())
+                self._publish_is_safe(True)
+
+    def _control_step(self, t0: float, now_ns: int) -> None:
+        """One tick (called with the tick lock held)."""
+        swapping = self._swap_loading or self._pending is not None
+        if self._pending is not None:
+            self._take_pending()
+        period = None if self._last_tick_ns is None else (now_ns - self._last_tick_ns) * 1e-9
+        self._last_tick_ns = now_ns
+        with self._input_lock:
+            asm = self._assembler
+            if asm.ready:
+                raw = asm.raw()
+                stale = asm.stale(now_ns * 1e-9, self._sensor_timeout_s)
+        if not asm.ready:  # activation waits for every input once
+            self._stats.record(period, time.perf_counter() - t0, swapping)
+            return
+        if self._waiting:
+            self._waiting = False
+            self.get_logger().info("every input has arrived: commanding")
+        reasons = [f"stale: {', '.join(stale)}"] if stale else []
+        if self._estop:
+            reasons.append("estop")
+        if not self._enabled:
+            reasons.append("disabled")
+        dt = period if self._use_measured_dt and period and period > 0 else None
+        if reasons:
+            action = self._safe_action()
+            self._needs_reset = True
+            self._steps_since_reset = 0
+        else:
+            if self._reset_requested or (self._needs_reset and self._reset_on_resume):
+                self._policy.reset()
+                self._steps_since_reset = 0
+            self._reset_requested = self._needs_reset = False
+            action = self._policy.step(raw, dt)
+            self._steps_since_reset += 1
+            if not np.isfinite(action).all():
+                self._non_finite_outputs += 1
+                self._last_error = f"non-finite policy output {action.tolist()}; hidden state reset"
+                self.get_logger().error(self._last_error, throttle_duration_sec=1.0)
+                reasons = ["non-finite output"]
+                action = self._safe_action()
+                self._policy.reset()
+                self._steps_since_reset = 0
+            elif self._max_action_rate > 0 and self._prev_action is not None:
+                step = self._max_action_rate * (period or self._period_s)
+                action = np.clip(action, self._prev_action - step, self._prev_action + step)
+        self._publish_action(action)
+        self._stats.record(period, time.perf_counter() - t0, swapping)
+        self._safe_reasons = reasons
+        if self._safe_now != bool(reasons):
+            self._publish_is_safe(bool(reasons))
+        if self._debug:
+            self._publish_debug(raw, action, dt)
+
+    def _safe_action(self) -> np.ndarray:
+        if self._safe_mode == "hold" and self._prev_action is not None:
+            return self._prev_action
+        if self._safe_mode == "spec" and self._spec_action is not None:
+            return self._spec_action
+        return self._zero_action
+
+    def _publish_action(self, action: np.ndarray) -> None:
+        for topic, pub, msg_type in self._outputs:
+            msg = self._writer.fill(topic, message_class(msg_type)(), action, make_message)
+            if msg_type == "trajectory_msgs/JointTrajectory":
+                # Stamp zero = start now; reach the point within one control period.
+                msg.points[0].time_from_start = Duration(seconds=self._period_s).to_msg()
+            pub.publish(msg)
+        self._prev_action = action
+
+    def _publish_debug(self, raw: np.ndarray, action: np.ndarray, dt: float | None) -> None:
+        msg = self._debug_msg
+        msg.data = [
+            float(self._stats.ticks),
+            dt if dt is not None else self._period_s,
+            float(self._steps_since_reset),
+            *raw.tolist(),
+            *np.asarray(action, np.float64).tolist(),
+        ]
+        self._pub_debug.publish(msg)
+
+    def _publish_is_safe(self, safe: bool) -> None:
+        self._safe_now = safe
+        if self._pub_is_safe is not None:
+            self._pub_is_safe.publish(Bool(data=safe))
+
+    def _publish_active_policy(self) -> None:
+        if self._pub_active is not None and self._policy is not None:
+            self._pub_active.publish(
+                String(data=f"{self._policy.path} {self._policy.content_hash}")
+            )
+
+    # ---------------------------------------------------------------------------------------
+    # diagnostics
+    # ---------------------------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        if self._pub_diag is None or self._policy is None:
+            return
+        status = DiagnosticStatus()
+        status.name = f"{self.get_fully_qualified_name()}: policy loop"
+        status.hardware_id = self._policy.spec.robot
+        lifecycle_state = self._state_machine.current_state[1]
+        window = self._stats.window_summary()
+        total = self._stats.total_summary()
+        with self._input_lock:
+            stale = self._assembler.stale(
+                self.get_clock().now().nanoseconds * 1e-9, self._sensor_timeout_s
+            )
+        values: dict[str, Any] = {
+            "state": lifecycle_state,
+            "active_policy": self._policy.path,
+            "active_policy_hash": self._policy.content_hash,
+            "control_rate_hz": 1.0 / self._period_s,
+            **{k: v for k, v in window.items()},
+            **{f"total_{k}": v for k, v in total.items()},
+            "stale_inputs": ", ".join(stale),
+            "waiting_for_inputs": self._waiting,
+            "safe_action_active": bool(self._safe_now),
+            "safe_action_reasons": ", ".join(self._safe_reasons),
+            "safe_action_mode": self._safe_mode,
+            "estop": self._estop,
+            "enabled": self._enabled,
+            "rejected_total": sum(self._rejected.values()),
+            **{f"rejected_{r}": n for r, n in sorted(self._rejected.items())},
+            **{f"last_rejection_{r}": d for r, d in sorted(self._last_rejection.items())},
+            "non_finite_outputs": self._non_finite_outputs,
+            "swaps": self._swaps,
+            "swap_refusals": self._swap_refusals,
+            "last_swap_error": self._last_swap_error,
+            "last_error": self._last_error,
+        }
+        status.values = [KeyValue(key=k, value=_fmt(v)) for k, v in values.items()]
+        if self._non_finite_outputs and "non-finite" in ",".join(self._safe_reasons):
+            status.level, status.message = DiagnosticStatus.ERROR, "non-finite policy output"
+        elif lifecycle_state != "active":
+            status.level, status.message = (
+                DiagnosticStatus.WARN,
+                f"{lifecycle_state}: not commanding",
+            )
+        elif self._waiting:
+            status.level = DiagnosticStatus.WARN
+            status.message = f"waiting for inputs {self._assembler.missing()}"
+        elif self._safe_now:
+            status.level = DiagnosticStatus.WARN
+            status.message = "safe action: " + ", ".join(self._safe_reasons)
+        else:
+            status.level, status.message = DiagnosticStatus.OK, "running the policy"
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status = [status]
+        self._pub_diag.publish(array)
+
+
+def _spec_safe_action(spec: InterfaceSpec) -> np.ndarray:
+    """spec.extra['safe_action'] as a checked vector (PolicyRejected naming the problem)."""
+    value = spec.extra.get("safe_action")
+    if value is None:
+        raise PolicyRejected(
+            "spec.extra['safe_action'] is missing; expected a list of "
+            f"{spec.action_dim} numbers within the action limits"
+        )
+    try:
+        vec = np.asarray(value, np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise PolicyRejected(
+            f"spec.extra['safe_action']: expected numbers, got {value!r}"
+        ) from None
+    if vec.shape != (spec.action_dim,) or not np.isfinite(vec).all():
+        raise PolicyRejected(
+            f"spec.extra['safe_action']: expected {spec.action_dim} finite numbers, got {value!r}"
+        )
+    outside = (vec < spec.action_low) | (vec > spec.action_high)
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise PolicyRejected(
+            f"spec.extra['safe_action'][{i}] = {vec[i]} is outside the limits "
+            f"[{spec.action_low[i]}, {spec.action_high[i]}] of action {spec.actions[i].name!r}"
+        )
+    return vec
+
+
+def _debug_message(spec: InterfaceSpec) -> Float64MultiArray:
+    msg = Float64MultiArray()
+    dims = [("tick", 1), ("dt_s", 1), ("steps_since_reset", 1)]
+    dims += [("observation", spec.obs_dim), ("action", spec.action_dim)]
+    msg.layout.dim = [MultiArrayDimension(label=k, size=n, stride=n) for k, n in dims]
+    return msg
+
+
+def _refuse(reason: str) -> SetParametersResult:
+    return SetParametersResult(successful=False, reason=reason)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def main(args: list[str] | None = None) -> None:
+    # SIGINT/SIGTERM end the spin here rather than inside rclpy, so shutdown can still publish
+    # the safe action once before the context goes away.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Short GIL slices: the control thread waits at most this long for a busy worker thread.
+    sys.setswitchinterval(2e-4)
+    node = PolicyNode()
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    if node.autostart:
+        node.start()
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, SystemExit, ExternalShutdownException):
+        pass
+    finally:
+        if node._state_machine.current_state[1] not in ("finalized",):
+            node.trigger_shutdown()
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()
