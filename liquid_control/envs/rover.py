@@ -264,7 +264,8 @@ class RoverLaneEnv(MujocoRobotEnv):
                 "scan_time": 1.0 / CONTROL_RATE_HZ,
                 "range_min": RANGE_MIN_M,
                 "range_max": RANGE_MAX_M,
-                "ranges": [float(r) for r in ranges],
+                # float32, as sensor_msgs/LaserScan carries them: training sees the robot's values.
+                "ranges": ranges.astype(np.float32).astype(np.float64).tolist(),
             },
             ODOM: {
                 "header": {"frame_id": "odom"},

@@ -10,8 +10,12 @@ without one, and says so on ~/command_status and in the log.
 
 Lock-step mode (`lockstep: true`, for tests): at every control tick it publishes the sensors, then
 /clock, then waits (up to `lockstep_timeout_s` of wall time) for one new message on every command
-topic before it steps the next control period. Both sides then see exactly the data the gym env
-produces, whatever the machine load.
+topic before it steps the next control period. Sensors are then published at control ticks only
+(all of them, every tick), `lockstep_settle_s` before the tick's /clock, so the newest message of
+each topic is the tick's own when the policy's sim-time timer fires: both sides see exactly the data
+the gym env produces, whatever the machine load. Graph time then starts at one control period, not zero: a
+sim-time control timer created before the first /clock (at time 0, e.g. a policy node started with
+the sim paused) is due exactly on every tick, the first one included.
 
 Services: ~/reset (std_srvs/Trigger: new episode with the next seed), ~/pause (std_srvs/SetBool).
 Topics out: /clock, sensors, ~/episode (std_msgs/String, JSON figures of each finished episode:
@@ -100,6 +104,7 @@ class SimNode(Node):
         self.rtf = p["real_time_factor"]
         self.lockstep = p["lockstep"]
         self.lockstep_timeout_s = p["lockstep_timeout_s"]
+        self.lockstep_settle_s = p["lockstep_settle_s"]
         self.command_timeout_s = p["command_timeout_s"]
         self.command_latency_s = p["command_latency_s"]
         self.command_noise_std = p["command_noise_std"]
@@ -160,7 +165,8 @@ class SimNode(Node):
 
         self._status = ""
         self._episode = 0
-        self._clock_offset_s = 0.0  # /clock keeps running across episodes (the env's time restarts)
+        # /clock keeps running across episodes (the env's time restarts at 0 each episode).
+        self._clock_offset_s = self.spec.control_period_s if self.lockstep else 0.0
         self._new_episode(self.seed)
         self.get_logger().info(
             f"robot {p['robot']}: {len(self.sensor_pubs)} sensor topics, commands on "
@@ -208,6 +214,15 @@ class SimNode(Node):
                     "lock-step: wall seconds to wait for a command before going on",
                     True,
                     FloatingPointRange(from_value=0.0, to_value=600.0),
+                ),
+            ),
+            "lockstep_settle_s": (
+                0.02,
+                d(
+                    "lock-step: wall seconds between a tick's sensor messages and its /clock, so "
+                    "the policy has read them when its sim-time timer fires",
+                    True,
+                    FloatingPointRange(from_value=0.0, to_value=10.0),
                 ),
             ),
             "command_timeout_s": (
@@ -377,9 +392,8 @@ class SimNode(Node):
             pub.publish(msg)
         return True
 
-    def _wait_for_commands(self) -> None:
-        """Lock-step: wait for one new message on every command topic (lock held by caller)."""
-        counts = dict(self._command_count)
+    def _wait_for_commands(self, counts: dict[str, int]) -> None:
+        """Lock-step: wait until every command topic has a message beyond `counts` (lock held)."""
         deadline = time.monotonic() + self.lockstep_timeout_s
         while not self._stop and not self._reset_requested:
             if all(self._command_count[t] > counts[t] for t in counts):
@@ -421,15 +435,23 @@ class SimNode(Node):
                         if self._end_of_control_step(action):
                             wall0, sim0 = time.monotonic(), float(self.env.data.time)
                             continue
+                    lockstep_tick = tick and self.lockstep
+                    counts = dict(self._command_count)  # commands seen before this tick
+                    # Lock-step publishes at control ticks only: then the newest message of every
+                    # topic is the tick's own, whatever order the policy's executor reads them in.
+                    published = (tick or not self.lockstep) and self._publish_sensors(
+                        all_topics=lockstep_tick
+                    )
+                    if lockstep_tick:
+                        self._lock.release()
+                        time.sleep(self.lockstep_settle_s)  # sensors reach the policy first
+                        self._lock.acquire()
                     # /clock ticks whenever something happens (a sensor message or a control
                     # tick), not at every physics step: enough for sim-time timers, cheaper.
-                    if self._publish_sensors(all_topics=False) or tick:
+                    if published or tick:
                         self.clock_pub.publish(Clock(clock=_stamp(self._sim_time())))
-                    if tick and self.lockstep:
-                        self._lock.release()
-                        time.sleep(0.002)  # sensors before the clock tick reaches the policy
-                        self._lock.acquire()
-                        self._wait_for_commands()
+                    if lockstep_tick:
+                        self._wait_for_commands(counts)
                     action = self._command_now(now)
                     action = self.env.apply_command(action)
                     self.env.advance(1)
