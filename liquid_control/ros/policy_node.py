@@ -56,8 +56,8 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.duration import Duration
-from rclpy.exceptions import ParameterUninitializedException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.exceptions import InvalidHandle, ParameterUninitializedException
+from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
@@ -325,6 +325,7 @@ class PolicyNode(LifecycleNode):
         self._rejected: Counter[str] = Counter()
         self._last_rejection: dict[str, str] = {}
         self._non_finite_outputs = 0
+        self._non_finite_reported = 0  # count at the last diagnostics message
         self._last_error = ""
         self._swaps = 0
         self._swap_refusals = 0
@@ -692,8 +693,13 @@ class PolicyNode(LifecycleNode):
             "last_error": self._last_error,
         }
         status.values = [KeyValue(key=k, value=_fmt(v)) for k, v in values.items()]
-        if self._non_finite_outputs and "non-finite" in ",".join(self._safe_reasons):
-            status.level, status.message = DiagnosticStatus.ERROR, "non-finite policy output"
+        new_non_finite = self._non_finite_outputs - self._non_finite_reported
+        self._non_finite_reported = self._non_finite_outputs
+        if new_non_finite:
+            status.level = DiagnosticStatus.ERROR
+            status.message = (
+                f"{new_non_finite} non-finite policy outputs replaced by the safe action"
+            )
         elif lifecycle_state != "active":
             status.level, status.message = (
                 DiagnosticStatus.WARN,
@@ -772,15 +778,25 @@ def main(args: list[str] | None = None) -> None:
     if node.autostart:
         node.start()
     try:
-        executor.spin()
+        spin(executor)
     except (KeyboardInterrupt, SystemExit, ExternalShutdownException):
         pass
     finally:
-        if node._state_machine.current_state[1] not in ("finalized",):
-            node.trigger_shutdown()
+        if node._state_machine.current_state[1] in ("unconfigured", "inactive", "active"):
+            node.trigger_shutdown()  # publishes the safe action once if active
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         rclpy.try_shutdown()
+
+
+def spin(executor: Executor) -> None:
+    """`executor.spin()` that survives rclpy's race between destroying an entity (lifecycle
+    cleanup in a worker thread) and the executor adding its QoS-event waitable to the wait set."""
+    while executor.context.ok():
+        try:
+            executor.spin_once(timeout_sec=0.5)
+        except InvalidHandle:
+            continue
 
 
 if __name__ == "__main__":
