@@ -153,3 +153,65 @@ def test_track_models_are_compiled_once_per_seed():
     env_a.reset(seed=0)
     env_b.reset(seed=0)
     assert env_a.model is not env_b.model, "each env edits its own copy (domain randomisation)"
+
+
+def _lqr_gain(env: CartPoleSwingUpEnv) -> np.ndarray:
+    """Discrete LQR gain at the upright equilibrium, from MuJoCo's finite-difference linearisation
+    over one control period (4 timesteps)."""
+    m, d = env.model, env.data
+    d.qpos[:] = 0.0
+    d.qvel[:] = 0.0
+    d.ctrl[:] = 0.0
+    mujoco.mj_forward(m, d)
+    a, b = np.zeros((4, 4)), np.zeros((4, 1))
+    m.opt.disableflags |= int(mujoco.mjtDisableBit.mjDSBL_FRICTIONLOSS)  # non-smooth at v = 0
+    mujoco.mjd_transitionFD(m, d, 1e-6, True, a, b, None, None)
+    m.opt.disableflags &= ~int(mujoco.mjtDisableBit.mjDSBL_FRICTIONLOSS)
+    a4 = np.linalg.matrix_power(a, 4)
+    b4 = sum(np.linalg.matrix_power(a, i) @ b for i in range(4))
+    q, r = np.diag([5.0, 50.0, 1.0, 1.0]), np.array([[0.05]])
+    p = q.copy()
+    for _ in range(3000):  # Riccati iteration
+        k = np.linalg.solve(r + b4.T @ p @ b4, b4.T @ p @ a4)
+        p = q + a4.T @ p @ (a4 - b4 @ k)
+    return k[0]
+
+
+def test_cartpole_swing_up_is_feasible_within_the_motor_and_rail_limits():
+    """A classical controller (bang-bang energy pumping, then LQR) swings the pole up and holds
+    it with the +-10 N drive, without reaching the end stops: the task is physically solvable."""
+    gain = _lqr_gain(CartPoleSwingUpEnv(start="up"))
+    env = CartPoleSwingUpEnv()
+    obs, _ = env.reset(seed=0)
+    upright, total = 0, 0.0
+    for _ in range(500):
+        x, v, s, c, w = obs
+        energy = 0.5 * 0.024 * w**2 + 0.2 * 9.81 * 0.3 * (c - 1.0)  # 0 when upright at rest
+        if c > 0.8 and abs(w) < 8.0:
+            u = -gain @ np.array([x, math.atan2(s, c), v, w])
+        elif energy < -0.01:
+            u = -MAX_FORCE_N * np.sign(w * c) - 3.0 * x
+        else:
+            u = -3.0 * x - 2.0 * v
+        obs, reward, terminated, _, _ = env.step(np.array([np.clip(u, -MAX_FORCE_N, MAX_FORCE_N)]))
+        total += reward
+        upright += obs[3] > 0.95
+        assert not terminated, "the swing-up must not need the end stops"
+    assert upright > 350 and total > 350
+
+
+@pytest.mark.parametrize("track_seed", [1, 6])
+def test_rover_lane_is_keepable_from_the_laser_sectors(track_seed):
+    """A reactive controller on the policy's own observations (centre between the side sectors)
+    keeps the lane without a collision: the task is solvable from the spec's 12 inputs."""
+    env = RoverLaneEnv(track_seed=track_seed)
+    obs, _ = env.reset(seed=0)
+    for _ in range(400):
+        right, left, front = obs[0:3].min(), obs[7:10].min(), obs[4:6].min()
+        yaw_rate = np.clip(2.5 * (left - right), -2.0, 2.0)
+        speed = 0.3 + 0.2 * min(front, 2.0)
+        obs, _, terminated, _, info = env.step(np.array([speed, yaw_rate]))
+        assert not info["collision"], f"collision at {info['progress_m']:.1f} m"
+        if terminated:
+            break
+    assert info["progress_m"] > 8.0
