@@ -47,24 +47,6 @@ LATCHED_QOS = QoSProfile(
 # connect to a volatile writer).
 RELIABLE_QOS = COMMAND_QOS
 
-# The message types of the interface spec (inputs and outputs) and the nested types their
-# adapters build. Other "pkg/Type" names work too (`message_class` imports them on demand); this
-# table documents what the package uses and lets `check_installed` report what a robot lacks.
-KNOWN_TYPES: tuple[str, ...] = (
-    "sensor_msgs/JointState",
-    "sensor_msgs/Imu",
-    "sensor_msgs/LaserScan",
-    "nav_msgs/Odometry",
-    "geometry_msgs/Twist",
-    "std_msgs/Float64MultiArray",
-    "trajectory_msgs/JointTrajectory",
-    "trajectory_msgs/JointTrajectoryPoint",
-    "std_msgs/Bool",
-    "std_msgs/String",
-    "diagnostic_msgs/DiagnosticArray",
-    "rosgraph_msgs/Clock",
-)
-
 
 def split_type(msg_type: str) -> tuple[str, str]:
     """ "pkg/Type" or "pkg/msg/Type" -> ("pkg", "Type"); ValueError naming the bad string."""
@@ -108,17 +90,6 @@ def output_qos(msg_type: str) -> QoSProfile:
     """QoS of a command output."""
     message_class(msg_type)
     return COMMAND_QOS
-
-
-def check_installed(types: tuple[str, ...] = KNOWN_TYPES) -> list[str]:
-    """The types in `types` whose message packages are missing (empty when all are installed)."""
-    missing = []
-    for t in types:
-        try:
-            message_class(t)
-        except ValueError:
-            missing.append(t)
-    return missing
 
 
 def stamp_to_s(stamp: Any) -> float:
