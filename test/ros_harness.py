@@ -75,6 +75,7 @@ class NodeProcess:
     Args:
         module: python module to run with `-m` (or `argv` for any command line).
         params: written to a params file passed with --params-file.
+        params_files: existing parameter files, passed first (`params` and `overrides` win).
         overrides: passed as `-p name:=value` after the params file (they win).
         name: node name remapping (`-r __node:=name`); namespace: `-r __ns:=/ns`.
         remap: extra `from:=to` remapping rules.
@@ -85,6 +86,7 @@ class NodeProcess:
         module: str | None = None,
         *,
         params: dict[str, Any] | None = None,
+        params_files: list[str | os.PathLike] | None = None,
         overrides: dict[str, Any] | None = None,
         name: str | None = None,
         namespace: str | None = None,
@@ -99,6 +101,8 @@ class NodeProcess:
         self.log_path = log_dir / f"{tag}.log"
         if argv is None:
             argv = [sys.executable, "-m", module, "--ros-args"]
+            for f in params_files or []:
+                argv += ["--params-file", str(f)]
             if params:
                 argv += ["--params-file", str(write_params_file(log_dir / f"{tag}.yaml", params))]
             for k, v in (overrides or {}).items():

@@ -1,0 +1,121 @@
+"""config/policy_node.yaml and launch/policy.launch.py: the parameter file is what the node
+declares (every parameter, its default), the node starts from it, and the launch file (where
+launch_ros is importable) starts a node that commands."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import threading
+
+import pytest
+import yaml
+from ros_harness import REPO, Harness, NodeProcess, save_test_policy
+from sensor_msgs.msg import JointState
+from test_policy_node import joint_spec
+
+from liquid_control.ros.messages import SENSOR_QOS
+from liquid_control.ros.policy_node import PARAMETERS
+
+pytestmark = [pytest.mark.ros, pytest.mark.timeout(120)]
+
+CONFIG = REPO / "config" / "policy_node.yaml"
+LAUNCH = REPO / "launch" / "policy.launch.py"
+
+
+def test_config_file_lists_every_parameter_with_its_default():
+    text = CONFIG.read_text()
+    params = yaml.safe_load(text)["/**/policy_node"]["ros__parameters"]
+    for name, (default, _description, _extra) in PARAMETERS.items():
+        if name == "allowed_policy_dirs":  # no empty lists in ROS parameter files: a comment
+            assert f"# {name}:" in text
+            continue
+        assert name in params, f"config/policy_node.yaml lacks {name}"
+        assert params[name] == default and type(params[name]) is type(default), name
+    assert set(params) <= set(PARAMETERS)
+    for name in params:  # every parameter has a comment right above it
+        lines = text.splitlines()
+        i = next(k for k, line in enumerate(lines) if line.strip().startswith(f"{name}:"))
+        assert lines[i - 1].strip().startswith("#"), f"{name} has no comment"
+
+
+def test_node_starts_from_the_config_file(tmp_path):
+    policy = tmp_path / "p.lcp"
+    save_test_policy(policy, joint_spec(), seed=0)
+    with (
+        NodeProcess(
+            "liquid_control.ros.policy_node",
+            params_files=[CONFIG],
+            overrides={"policy_path": str(policy), "sensor_timeout_s": 0.5},
+            name="policy_node",
+            namespace="/robot1",
+            log_dir=tmp_path,
+        ) as node,
+        Harness() as h,
+    ):
+        cmd = h.subscribe("/cmd", "std_msgs/Float64MultiArray")
+        h.publish_periodically(
+            "/joint_states",
+            lambda: JointState(name=["j0", "j1"], position=[0.1, 0.2], velocity=[0.0, 0.0]),
+            100.0,
+            SENSOR_QOS,
+        )
+        h.wait_for(lambda: len(cmd) >= 5, 30.0, "commands from the node", node)
+        values = h.get_parameters(
+            "/robot1/policy_node", ["safe_action", "sensor_timeout_s", "autostart", "debug"]
+        )
+        assert values == {
+            "safe_action": "zero",
+            "sensor_timeout_s": 0.5,
+            "autostart": True,
+            "debug": False,
+        }
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("launch_ros") is None,
+    reason="launch_ros is not importable (ROS 2 launch is not installable from pip)",
+)
+def test_launch_file_starts_a_commanding_policy_node(tmp_path):
+    from launch.actions import IncludeLaunchDescription
+    from launch.launch_description_sources import PythonLaunchDescriptionSource
+
+    from launch import LaunchDescription, LaunchService
+
+    policy = tmp_path / "p.lcp"
+    save_test_policy(policy, joint_spec(), seed=0)
+    ls = LaunchService()
+    ls.include_launch_description(
+        LaunchDescription(
+            [
+                IncludeLaunchDescription(
+                    PythonLaunchDescriptionSource(str(LAUNCH)),
+                    launch_arguments={
+                        "policy_path": str(policy),
+                        "namespace": "launched",
+                        "params_file": str(CONFIG),
+                    }.items(),
+                )
+            ]
+        )
+    )
+    # run_async without signal handlers: signals can only be handled in the main thread.
+    thread = threading.Thread(
+        target=lambda: asyncio.run(ls.run_async(shutdown_when_idle=False, handle_signals=False)),
+        daemon=True,
+    )
+    thread.start()
+    try:
+        with Harness() as h:
+            cmd = h.subscribe("/cmd", "std_msgs/Float64MultiArray")
+            h.publish_periodically(
+                "/joint_states",
+                lambda: JointState(name=["j0", "j1"], position=[0.1, 0.2], velocity=[0.0, 0.0]),
+                100.0,
+                SENSOR_QOS,
+            )
+            h.wait_for(lambda: len(cmd) >= 5, 60.0, "commands from the launched node")
+            assert h.lifecycle_state("/launched/policy_node") == "active"
+    finally:
+        ls.shutdown()
+        thread.join(timeout=15.0)
