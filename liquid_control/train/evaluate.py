@@ -211,14 +211,15 @@ def plot_all(
 
 
 def plot_activity(
-    trace: dict[str, np.ndarray], policy: Policy, path: Path, title: str = ""
+    trace: dict[str, np.ndarray], policy: Policy, path: Path, title: str = "", max_steps: int = 300
 ) -> None:
-    """Actions and every neuron's potential over one episode (motor neurons first)."""
+    """Actions and every neuron's potential over (the first `max_steps` steps of) an episode."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    trace = {k: v[:max_steps] for k, v in trace.items()}  # a readable stretch of a long episode
     t = np.cumsum(trace["dt"]) - trace["dt"][0]
     state = trace["state"]
     motor = policy.wiring.output_dim

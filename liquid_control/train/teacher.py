@@ -199,6 +199,13 @@ def train_teacher(cfg: TrainConfig, run_dir: str | os.PathLike, progress: bool =
         deterministic=True,
         verbose=0,
     )
+    previous = out / "eval" / "evaluations.npz"
+    if done_steps and previous.exists():  # keep the learning curve from before the interruption
+        with np.load(previous, allow_pickle=False) as data:
+            keep = data["timesteps"] <= done_steps
+            evaluator.evaluations_timesteps = data["timesteps"][keep].tolist()
+            evaluator.evaluations_results = data["results"][keep].tolist()
+            evaluator.evaluations_length = data["ep_lengths"][keep].tolist()
     remaining = t.total_timesteps - done_steps
     if remaining > 0:
         model.learn(
