@@ -60,6 +60,7 @@ def over_ros(
                 "lockstep": True,
                 "start_paused": True,
                 "lockstep_timeout_s": 20.0,
+                "lockstep_settle_s": 0.05,
             },
             log_dir=log_dir,
         )
