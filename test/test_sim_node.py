@@ -172,7 +172,7 @@ def test_rover_sensor_rates_latency_and_collision_figures(harness, tmp_path):
             "robot": "rover",
             "seed": 0,
             "track_seed": 2,
-            "real_time_factor": 1.0,
+            "real_time_factor": 2.0,  # faster than real time
             "command_latency_s": 0.2,
             "command_timeout_s": 5.0,
         },
@@ -180,7 +180,10 @@ def test_rover_sensor_rates_latency_and_collision_figures(harness, tmp_path):
     )
     try:
         h.wait_for(lambda: len(h.rec["/scan"]) >= 5, 30, "laser scans", node)
+        wall0, sim0 = time.monotonic(), _sim_now(h)
         stamps = {t: _stamps_over(h, t, 0.5, node) for t in ("/scan", "/odom", "/imu")}
+        rtf = (_sim_now(h) - sim0) / (time.monotonic() - wall0)
+        assert 1.2 < rtf < 2.3, f"real_time_factor 2.0 measured as {rtf:.2f}"
         np.testing.assert_allclose(np.diff(stamps["/scan"]), 0.05, atol=1e-6)
         np.testing.assert_allclose(np.diff(stamps["/odom"]), 0.05, atol=1e-6)
         np.testing.assert_allclose(np.diff(stamps["/imu"]), 0.01, atol=1e-6)

@@ -117,7 +117,7 @@ def beam_angles(n_beams: int, fov_rad: float) -> np.ndarray:
     return np.linspace(-fov_rad / 2.0, fov_rad / 2.0, n_beams)
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=64)
 def build_rover_model(
     seed: int, n_beams: int, fov_rad: float, params: TrackParams = TrackParams()
 ) -> mujoco.MjModel:
