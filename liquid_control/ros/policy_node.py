@@ -35,6 +35,11 @@ the running one (same channels, same control rate), one finite dry inference. Th
 replaces the old one by a single reference swap at the start of the next tick, with a fresh hidden
 state; a failed check refuses the parameter with the reason, and the old policy keeps running.
 
+Threads: the control path (timer, input subscriptions, command publishers) runs on a light
+companion node ``<name>_loop`` with its own single-threaded executor thread, so nothing else is in
+its wait set; this node's parameters, services, estop and diagnostics run on a multi-threaded
+executor beside it. Topic names are resolved (remapped) by this node.
+
 ``~/observation`` (std_msgs/Float64MultiArray, only with ``debug``): per tick
 ``[tick, dt_s, steps_since_reset, *raw_observation, *action]`` (labels in ``layout.dim``).
 """
@@ -57,8 +62,14 @@ from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParam
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.duration import Duration
 from rclpy.exceptions import InvalidHandle, ParameterUninitializedException
-from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import (
+    Executor,
+    ExternalShutdownException,
+    MultiThreadedExecutor,
+    SingleThreadedExecutor,
+)
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import Bool, Float64MultiArray, MultiArrayDimension, String
@@ -138,8 +149,6 @@ class PolicyNode(LifecycleNode):
     def __init__(self, node_name: str = "policy_node", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         self._declare_parameters()
-        self._control_group = MutuallyExclusiveCallbackGroup()  # the timer only
-        self._input_group = MutuallyExclusiveCallbackGroup()  # sensor subscriptions
         self._service_group = MutuallyExclusiveCallbackGroup()  # estop, services, diagnostics
         self._input_lock = threading.Lock()  # assembler: written by inputs, read by the tick
         self._tick_lock = threading.Lock()  # held by a running tick (deactivate waits on it)
@@ -304,9 +313,14 @@ class PolicyNode(LifecycleNode):
         self._pending: Policy | None = None
         self._assembler: ObservationAssembler | None = None
         self._writer: ActionWriter | None = None
-        self._outputs: list[tuple[str, Any, Any]] = []  # (topic, publisher, message type)
+        self._outputs: list[tuple[str, Any, str, Any]] = []  # (topic, publisher, type, message)
         self._timer = None
         self._diag_timer = None
+        self._loop_node: Node | None = None
+        self._loop_executor: SingleThreadedExecutor | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._loop_stop = threading.Event()
+        self._loop_clock = self.get_clock()
         self._period_s = 0.0
         self._initial_dir = ""
         self._stats = LoopStats(1.0)
@@ -363,24 +377,44 @@ class PolicyNode(LifecycleNode):
         self._assembler = ObservationAssembler(spec)
         self._writer = ActionWriter(spec)
         self._set_action_vectors(spec)
+        # The control path (timer, inputs, commands) lives on a light companion node with its own
+        # single-threaded executor and thread: its wait set holds a handful of entities, so a
+        # tick is dispatched quickly, and services, parameters (swaps) and diagnostics on this
+        # node never delay it. Topic names are resolved (remapped) by this node.
+        loop = self._loop_node = Node(
+            f"{self.get_name()}_loop",
+            namespace=self.get_namespace(),
+            context=self.context,
+            use_global_arguments=False,
+            start_parameter_services=False,
+            parameter_overrides=[
+                Parameter("use_sim_time", value=bool(self.get_parameter("use_sim_time").value)),
+                Parameter("start_type_description_service", value=False),
+            ],
+        )
+        resolve = self.resolve_topic_name
         for topic, msg_type in spec.observation_topics().items():
-            self._keep(
-                "subscription",
-                self.create_subscription(
-                    message_class(msg_type),
-                    topic,
-                    lambda msg, topic=topic: self._on_input(topic, msg),
-                    input_qos(msg_type),
-                    callback_group=self._input_group,
+            loop.create_subscription(
+                message_class(msg_type),
+                resolve(topic),
+                lambda msg, topic=topic: self._on_input(topic, msg),
+                input_qos(msg_type),
+            )
+        self._outputs = [
+            (
+                topic,
+                loop.create_publisher(
+                    message_class(msg_type), resolve(topic), output_qos(msg_type)
                 ),
+                msg_type,
+                make_message(msg_type),
             )
-        self._outputs = []
-        for topic, msg_type in spec.action_topics().items():
-            pub = self.create_lifecycle_publisher(
-                message_class(msg_type), topic, output_qos(msg_type)
-            )
-            self._keep("lifecycle_publisher", pub)
-            self._outputs.append((topic, pub, msg_type))
+            for topic, msg_type in spec.action_topics().items()
+        ]
+        self._pub_debug = loop.create_publisher(
+            Float64MultiArray, resolve(DEBUG_TOPIC), COMMAND_QOS
+        )
+        self._loop_clock = loop.get_clock()
         self._pub_active = self._keep(
             "publisher", self.create_publisher(String, "~/active_policy", LATCHED_QOS)
         )
@@ -389,9 +423,6 @@ class PolicyNode(LifecycleNode):
         )
         self._pub_diag = self._keep(
             "publisher", self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
-        )
-        self._pub_debug = self._keep(
-            "publisher", self.create_publisher(Float64MultiArray, DEBUG_TOPIC, COMMAND_QOS)
         )
         self._debug_msg = _debug_message(spec)
         # Latched writers keep their last sample for late joiners; a plain reliable reader also
@@ -421,6 +452,16 @@ class PolicyNode(LifecycleNode):
         )
         self._publish_active_policy()
         self._publish_is_safe(True)
+        self._loop_executor = SingleThreadedExecutor(context=self.context)
+        self._loop_executor.add_node(loop)
+        self._loop_stop = threading.Event()
+        self._loop_thread = threading.Thread(
+            target=spin,
+            args=(self._loop_executor, self._loop_stop),
+            name="control_loop",
+            daemon=True,
+        )
+        self._loop_thread.start()
 
     def _keep(self, kind: str, entity: Any) -> Any:
         self._ros_entities.append((kind, entity))
@@ -441,9 +482,7 @@ class PolicyNode(LifecycleNode):
             self._waiting = True
             self._needs_reset = False
         ret = super().on_activate(state)
-        self._timer = self.create_timer(
-            self._period_s, self._tick, callback_group=self._control_group
-        )
+        self._timer = self._loop_node.create_timer(self._period_s, self._tick)
         self.get_logger().info(
             f"active; waiting for {self._assembler.missing() or 'nothing'} before commanding"
         )
@@ -472,16 +511,18 @@ class PolicyNode(LifecycleNode):
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()
-            self.destroy_timer(timer)
+            self._loop_node.destroy_timer(timer)
         with self._tick_lock:
             if self._policy is not None and not self._waiting:
                 self._publish_action(self._safe_action())
             self._publish_is_safe(True)
 
     def _release(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self.destroy_timer(self._timer)
+        if self._loop_executor is not None:
+            self._loop_stop.set()
+            self._loop_executor.shutdown(timeout_sec=2.0)
+            self._loop_thread.join(timeout=2.0)
+            self._loop_node.destroy_node()
         for kind, entity in reversed(self._ros_entities):
             getattr(self, "destroy_" + kind)(entity)
         self._ros_entities = []
@@ -499,7 +540,7 @@ class PolicyNode(LifecycleNode):
     # inputs, estop, services
     # ---------------------------------------------------------------------------------------
     def _on_input(self, topic: str, msg: Any) -> None:
-        now_s = self.get_clock().now().nanoseconds * 1e-9
+        now_s = self._loop_clock.now().nanoseconds * 1e-9
         try:
             with self._input_lock:
                 self._assembler.update(topic, msg, now_s)
@@ -547,7 +588,7 @@ class PolicyNode(LifecycleNode):
 
     def _tick(self) -> None:
         t0 = time.perf_counter()
-        now_ns = self.get_clock().now().nanoseconds
+        now_ns = self._loop_clock.now().nanoseconds
         with self._tick_lock:
             if self._timer is None:  # deactivating
                 return
@@ -623,8 +664,8 @@ class PolicyNode(LifecycleNode):
         return self._zero_action
 
     def _publish_action(self, action: np.ndarray) -> None:
-        for topic, pub, msg_type in self._outputs:
-            msg = self._writer.fill(topic, message_class(msg_type)(), action, make_message)
+        for topic, pub, msg_type, msg in self._outputs:
+            self._writer.fill(topic, msg, action, make_message)  # every field is rewritten
             if msg_type == "trajectory_msgs/JointTrajectory":
                 # Stamp zero = start now; reach the point within one control period.
                 msg.points[0].time_from_start = Duration(seconds=self._period_s).to_msg()
@@ -667,7 +708,7 @@ class PolicyNode(LifecycleNode):
         total = self._stats.total_summary()
         with self._input_lock:
             stale = self._assembler.stale(
-                self.get_clock().now().nanoseconds * 1e-9, self._sensor_timeout_s
+                self._loop_clock.now().nanoseconds * 1e-9, self._sensor_timeout_s
             )
         values: dict[str, Any] = {
             "state": lifecycle_state,
@@ -773,7 +814,7 @@ def main(args: list[str] | None = None) -> None:
     # Short GIL slices: the control thread waits at most this long for a busy worker thread.
     sys.setswitchinterval(2e-4)
     node = PolicyNode()
-    executor = MultiThreadedExecutor(num_threads=3)
+    executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
     if node.autostart:
         node.start()
@@ -789,10 +830,11 @@ def main(args: list[str] | None = None) -> None:
         rclpy.try_shutdown()
 
 
-def spin(executor: Executor) -> None:
-    """`executor.spin()` that survives rclpy's race between destroying an entity (lifecycle
-    cleanup in a worker thread) and the executor adding its QoS-event waitable to the wait set."""
-    while executor.context.ok():
+def spin(executor: Executor, stop: threading.Event | None = None) -> None:
+    """`executor.spin()` (until `stop` is set) that survives rclpy's race between destroying an
+    entity in another thread and the executor adding its QoS-event waitable to the wait set."""
+    stop = stop or threading.Event()
+    while executor.context.ok() and not stop.is_set():
         try:
             executor.spin_once(timeout_sec=0.5)
         except InvalidHandle:

@@ -1,0 +1,229 @@
+"""Policy node control loop over real DDS: rate, period error, compute time, latency, swaps.
+
+    .venv/bin/python benchmarks/ros_loop.py                      # 100, 500, 1000 Hz, 30 s each
+    .venv/bin/python benchmarks/ros_loop.py --duration 5 --rates 1000
+
+For each rate the policy node (its own process) runs a 6-joint LTC policy (AutoNCP 19 units,
+12 inputs, 6 actions) with JointState published at the control rate by another process, twice:
+without swaps, then with a `policy_path` swap every `--swap-period` seconds (alternating two valid
+files). Printed per run:
+
+- achieved rate, period error |period - 1/rate| p50/p99/max, compute time per tick p50/p99 and
+  missed ticks: the node's own figures since activation (its /diagnostics `total_*` values,
+  histogram percentiles within 1 %);
+- sensor -> command latency p50/p99: from publishing a JointState to receiving the node's
+  ~/observation message of the first tick that used it (published right after the command, in
+  the same tick). The publisher writes its send time (CLOCK_MONOTONIC, shared by processes) into
+  a joint position, so the observation carries it;
+- swaps: accepted/requested and the mean duration of the parameter call (load + checks).
+
+The node runs with `debug: true` (for the latency), which adds one publish per tick that is not
+counted in its compute time. All three processes share the machine's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "test"))
+
+os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+
+JOINTS = [f"joint_{i}" for i in range(6)]
+NODE = "/bench_policy"
+
+
+def make_spec(rate_hz: float):
+    from liquid_control.core import ActionElement, InterfaceSpec, ObservationElement
+
+    obs = [
+        ObservationElement(f"{j}_{f}", "/joint_states", "sensor_msgs/JointState", f, key=j, std=1e3)
+        for j in JOINTS
+        for f in ("position", "velocity")
+    ]
+    act = [
+        ActionElement(
+            f"{j}_cmd",
+            "/forward_controller/commands",
+            "std_msgs/Float64MultiArray",
+            "data",
+            index=i,
+        )
+        for i, j in enumerate(JOINTS)
+    ]
+    return InterfaceSpec("bench_arm", obs, act, rate_hz)
+
+
+def run_sensors(rate_hz: float, t_base: float) -> None:
+    """Publish JointState at `rate_hz`; joint_0's position is the send time - t_base (s)."""
+    import rclpy
+    from rclpy.node import Node
+    from sensor_msgs.msg import JointState
+
+    from liquid_control.ros.messages import SENSOR_QOS
+
+    rclpy.init()
+    node = Node("bench_sensors")
+    pub = node.create_publisher(JointState, "/joint_states", SENSOR_QOS)
+    msg = JointState(name=JOINTS, position=[0.0] * 6, velocity=[0.0] * 6)
+    position = [0.0] * 6
+
+    def tick() -> None:
+        position[0] = time.monotonic() - t_base
+        msg.position = position
+        pub.publish(msg)
+
+    node.create_timer(1.0 / rate_hz, tick)
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, Exception):  # noqa: BLE001 (SIGINT from the benchmark)
+        pass
+
+
+def run_case(
+    rate: float, files: list[Path], duration: float, swap_period: float | None, log_dir: Path
+) -> dict:
+    from ros_harness import Harness, NodeProcess, diagnostic_values
+
+    t_base = time.monotonic()
+    params = {
+        "policy_path": str(files[0]),
+        "autostart": False,
+        "debug": True,
+        "sensor_timeout_s": 0.5,
+        "control_rate_hz": rate,
+    }
+    sensors = NodeProcess(
+        argv=[sys.executable, __file__, "--sensors", str(rate), "--t-base", repr(t_base)],
+        log_dir=log_dir,
+    )
+    node = NodeProcess(
+        "liquid_control.ros.policy_node", params=params, name=NODE[1:], log_dir=log_dir
+    )
+    h = Harness("bench_harness")
+    try:
+        debug = h.subscribe(f"{NODE}/observation", "std_msgs/Float64MultiArray", 5000)
+        diag = h.subscribe("/diagnostics", "diagnostic_msgs/DiagnosticArray")
+        assert h.change_state(NODE, "configure", 30.0), node.tail()
+        time.sleep(1.0)  # discovery between the sensor process and the node
+        assert h.change_state(NODE, "activate", 30.0), node.tail()
+        h.wait_for(lambda: len(debug) > 10, 30.0, "ticks", node)
+        time.sleep(0.5)
+        t_start = time.monotonic()
+        swaps, swap_ok, swap_s = 0, 0, []
+        if swap_period:
+            k = 1
+            while time.monotonic() - t_start < duration:
+                t = time.monotonic()
+                (result,) = h.set_parameters(NODE, {"policy_path": str(files[k % 2])})
+                swap_s.append(time.monotonic() - t)
+                swaps += 1
+                swap_ok += bool(result.successful)
+                k += 1
+                time.sleep(max(0.0, swap_period - (time.monotonic() - t)))
+        else:
+            time.sleep(duration)
+        t_end = time.monotonic()
+        assert h.change_state(NODE, "deactivate", 30.0), node.tail()
+        t_deact = time.monotonic()
+
+        def totals():
+            for t, m in diag.timed_since(t_deact + 0.05):
+                v = diagnostic_values(m, NODE[1:])
+                if v and v["state"] == "inactive":
+                    return v
+            return None
+
+        d = h.wait_for(totals, 10.0, "diagnostics after the run", node)
+        lat = []
+        for t, m in debug.timed_since(t_start):
+            if t > t_end:
+                break
+            obs_start = sum(dim.size for dim in m.layout.dim[:3])
+            lat.append(t - (t_base + m.data[obs_start]))
+        lat = np.array(lat)
+        return {
+            "rate": rate,
+            "swap": bool(swap_period),
+            "achieved": float(d["total_achieved_rate_hz"]),
+            "pe50": float(d["total_period_error_p50_ms"]),
+            "pe99": float(d["total_period_error_p99_ms"]),
+            "pemax": float(d["total_period_error_max_ms"]),
+            "c50": float(d["total_compute_p50_us"]),
+            "c99": float(d["total_compute_p99_us"]),
+            "lat50": float(np.percentile(lat, 50) * 1e3) if lat.size else float("nan"),
+            "lat99": float(np.percentile(lat, 99) * 1e3) if lat.size else float("nan"),
+            "ticks": int(float(d["total_ticks"])),
+            "missed": int(float(d["total_missed_ticks"])),
+            "missed_swap": int(float(d["total_missed_ticks_during_swaps"])),
+            "swaps": f"{swap_ok}/{swaps}" if swap_period else "-",
+            "swap_ms": 1e3 * float(np.mean(swap_s)) if swap_s else float("nan"),
+        }
+    finally:
+        h.close()
+        node.stop()
+        sensors.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rates", type=float, nargs="+", default=[100.0, 500.0, 1000.0])
+    ap.add_argument("--duration", type=float, default=30.0, help="seconds per run")
+    ap.add_argument("--swap-period", type=float, default=1.0, help="seconds between swaps")
+    ap.add_argument("--sensors", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--t-base", type=float, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.sensors:
+        run_sensors(args.sensors, args.t_base)
+        return
+
+    from liquid_control.core import AutoNCP, Policy
+    from liquid_control.core.ltc import init_params
+
+    tmp = Path(tempfile.mkdtemp(prefix="ros_loop_"))
+    print(
+        f"# policy node loop benchmark: {platform.python_implementation()} {platform.python_version()}, "
+        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start, "
+        f"{args.duration:g} s per run, swap every {args.swap_period:g} s"
+    )
+    print(
+        f"{'rate_hz':>7} {'swaps':>6} {'achieved':>8} {'perr_p50':>8} {'perr_p99':>8} {'perr_max':>8} "
+        f"{'cpu_p50':>7} {'cpu_p99':>7} {'lat_p50':>7} {'lat_p99':>7} {'ticks':>6} {'missed':>6} "
+        f"{'m_swap':>6} {'swap_ms':>7}"
+    )
+    print(
+        f"{'':>7} {'':>6} {'Hz':>8} {'ms':>8} {'ms':>8} {'ms':>8} {'us':>7} {'us':>7} {'ms':>7} {'ms':>7}"
+    )
+    for rate in args.rates:
+        spec = make_spec(rate)
+        files = []
+        for seed in (0, 1):
+            wiring = AutoNCP(19, len(JOINTS), seed=seed).build(spec.obs_dim)
+            path = tmp / f"policy_{int(rate)}_{seed}.lcp"
+            Policy(wiring, init_params(wiring, seed=seed), spec).save(path)
+            files.append(path)
+        for swap in (None, args.swap_period):
+            r = run_case(rate, files, args.duration, swap, tmp / "logs")
+            print(
+                f"{r['rate']:7.0f} {r['swaps']:>6} {r['achieved']:8.1f} {r['pe50']:8.3f} {r['pe99']:8.3f} "
+                f"{r['pemax']:8.2f} {r['c50']:7.0f} {r['c99']:7.0f} {r['lat50']:7.2f} {r['lat99']:7.2f} "
+                f"{r['ticks']:6d} {r['missed']:6d} {r['missed_swap'] if r['swap'] else '-':>6} "
+                f"{r['swap_ms']:7.1f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
