@@ -67,6 +67,24 @@ def test_action_latency_is_drawn_per_episode_within_the_range():
     assert seen == {0, 1, 2, 3}
 
 
+def test_sensor_dropout_per_channel_freezes_single_elements():
+    env = SensorDropout(
+        gym.make(CARTPOLE), probability=0.1, min_steps=2, max_steps=3, per="channel"
+    )
+    obs, _ = env.reset(seed=0)
+    names = [e.name for e in env.unwrapped.interface_spec.observations]
+    prev, singles = obs, 0
+    for a in _actions(env, 100):
+        obs, _, terminated, _, info = env.step(a)
+        for name in info["dropped"]:
+            assert obs[names.index(name)] == prev[names.index(name)]
+        singles += 0 < len(info["dropped"]) < len(names)
+        prev = obs
+        if terminated:
+            break
+    assert singles > 10
+
+
 def test_sensor_dropout_freezes_a_topics_channels():
     env = SensorDropout(gym.make(ROVER, track_seed=0), probability=0.2, min_steps=2, max_steps=4)
     spec = env.unwrapped.interface_spec
@@ -75,7 +93,7 @@ def test_sensor_dropout_freezes_a_topics_channels():
     prev, dropped_steps, frozen_ok = obs, 0, True
     for a in np.tile([[0.5, 0.2]], (60, 1)):
         obs, _, terminated, _, info = env.step(a)
-        if "/scan" in info["dropped_topics"]:
+        if "/scan" in info["dropped"]:
             dropped_steps += 1
             frozen_ok &= bool(np.array_equal(obs[scan_slots], prev[scan_slots]))
         prev = obs
@@ -105,7 +123,7 @@ def test_domain_randomization_changes_physics_within_ranges_and_adds_offsets():
         mass=[0.5, 0.6],
         damping=[2.0, 3.0],
         motor_gain=[0.5, 0.6],
-        sensor_offset_std={"cart_position": 0.05},
+        sensor_offset={"cart_position": 0.05, "pole_angular_velocity": [0.1, 0.2]},
     )
     base = env.unwrapped
     _, info = env.reset(seed=0)
@@ -116,7 +134,7 @@ def test_domain_randomization_changes_physics_within_ranges_and_adds_offsets():
     )
     assert 0.5 <= info["randomization"]["motor_gain"][0] <= 0.6
     offset = info["randomization"]["sensor_offset"]
-    assert offset[0] != 0 and (offset[1:] == 0).all()
+    assert offset[0] != 0 and 0.1 <= offset[4] <= 0.2 and (offset[1:4] == 0).all()
     # The same actions give a different trajectory than the nominal robot, and the same seed
     # gives the same randomised robot.
     actions = _actions(env, 30)
@@ -157,10 +175,15 @@ def test_example_configs_build_working_envs(env_id, config):
         ({"sensor_dropout": {"probability": 1.5}}, "sensor_dropout.probability"),
         ({"domain_randomization": {"mass": [1.2, 0.8]}}, "domain_randomization.mass"),
         (
-            {"domain_randomization": {"sensor_offset_std": {"cart_pos": 0.1}}},
+            {"domain_randomization": {"sensor_offset": {"cart_pos": 0.1}}},
             "unknown channel 'cart_pos'",
         ),
         ({"control_jitter": {"std": 0.1}}, "control_jitter"),
+        ({"sensor_dropout": {"per": "beam"}}, "sensor_dropout.per"),
+        (
+            {"domain_randomization": {"sensor_offset": {"cart_position": [0.2, 0.1]}}},
+            "sensor_offset.cart_position",
+        ),
         ({"observation_noise": 3}, "observation_noise: expected a mapping"),
     ],
 )

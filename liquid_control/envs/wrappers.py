@@ -18,10 +18,11 @@ Config (YAML mapping; every section optional, `make_env` applies them in this or
       friction: [0.7, 1.3]                  # one factor per episode
       damping: [0.5, 1.5]
       motor_gain: [0.85, 1.15]
-      sensor_offset_std: {forward_speed: 0.02}   # per channel name, constant per episode
+      sensor_offset: {forward_speed: 0.02, yaw_rate: [-0.01, 0.02]}  # per channel: a std
+                                            # (Gaussian) or [low, high] (uniform), per episode
     action_latency: {min_steps: 0, max_steps: 2}
     control_jitter: {std_fraction: 0.1, max_fraction: 0.3}
-    sensor_dropout: {probability: 0.01, min_steps: 2, max_steps: 10}
+    sensor_dropout: {probability: 0.01, min_steps: 2, max_steps: 10, per: topic}  # or channel
     observation_noise: {scale: 1.0}
 """
 
@@ -174,11 +175,20 @@ class ActionLatency(_SeededWrapper):
 
 
 class SensorDropout(_SeededWrapper):
-    """Each step, each input topic not already stalled stalls with `probability` for a duration of
-    U{min_steps..max_steps} control steps; its channels keep the last value delivered."""
+    """Each step, each group not already stalled stalls with `probability` for a duration of
+    U{min_steps..max_steps} control steps; its channels keep the last value delivered.
+
+    `per`: "topic" (a sensor stalls: all channels of one input topic freeze together, the default)
+    or "channel" (each observation element on its own). `info["dropped"]` names the frozen groups.
+    """
 
     def __init__(
-        self, env: gym.Env, probability: float = 0.01, min_steps: int = 1, max_steps: int = 5
+        self,
+        env: gym.Env,
+        probability: float = 0.01,
+        min_steps: int = 1,
+        max_steps: int = 5,
+        per: str = "topic",
     ) -> None:
         super().__init__(env)
         self.probability = _number("sensor_dropout.probability", probability, 0.0, 1.0)
@@ -189,20 +199,26 @@ class SensorDropout(_SeededWrapper):
                 f"sensor_dropout: max_steps ({max_steps}) < min_steps ({min_steps})"
             )
         spec = _robot(env).interface_spec
-        self.topics = list(spec.observation_topics())
-        self.slots = {
-            t: np.array([i for i, e in enumerate(spec.observations) if e.topic == t])
-            for t in self.topics
-        }
-        self._remaining = dict.fromkeys(self.topics, 0)
+        if per == "topic":
+            self.groups = {
+                t: np.array([i for i, e in enumerate(spec.observations) if e.topic == t])
+                for t in spec.observation_topics()
+            }
+        elif per == "channel":
+            self.groups = {e.name: np.array([i]) for i, e in enumerate(spec.observations)}
+        else:
+            raise WrapperConfigError(
+                f"sensor_dropout.per: expected 'topic' or 'channel', got {per!r}"
+            )
+        self._remaining = dict.fromkeys(self.groups, 0)
         self._last: np.ndarray | None = None
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
         self._reseed(kwargs.get("seed"))
-        self._remaining = dict.fromkeys(self.topics, 0)
+        self._remaining = dict.fromkeys(self.groups, 0)
         self._last = np.array(obs, copy=True)
-        info["dropped_topics"] = []
+        info["dropped"] = []
         return obs, info
 
     def step(self, action):
@@ -210,15 +226,15 @@ class SensorDropout(_SeededWrapper):
         obs = np.array(obs, copy=True)
         rng = _rng(self)
         dropped = []
-        for t in self.topics:
-            if self._remaining[t] == 0 and rng.random() < self.probability:
-                self._remaining[t] = int(rng.integers(self.min_steps, self.max_steps + 1))
-            if self._remaining[t] > 0:
-                self._remaining[t] -= 1
-                obs[self.slots[t]] = self._last[self.slots[t]]
-                dropped.append(t)
+        for group, slots in self.groups.items():
+            if self._remaining[group] == 0 and rng.random() < self.probability:
+                self._remaining[group] = int(rng.integers(self.min_steps, self.max_steps + 1))
+            if self._remaining[group] > 0:
+                self._remaining[group] -= 1
+                obs[slots] = self._last[slots]
+                dropped.append(group)
         self._last = obs.copy()
-        info["dropped_topics"] = dropped
+        info["dropped"] = dropped
         return obs, reward, terminated, truncated, info
 
 
@@ -261,7 +277,7 @@ class DomainRandomization(_SeededWrapper):
         friction: list[float] | None = None,
         damping: list[float] | None = None,
         motor_gain: list[float] | None = None,
-        sensor_offset_std: dict[str, float] | None = None,
+        sensor_offset: dict[str, float] | None = None,
     ) -> None:
         super().__init__(env)
         self.ranges = {
@@ -277,14 +293,17 @@ class DomainRandomization(_SeededWrapper):
         spec = _robot(env).interface_spec
         names = [e.name for e in spec.observations]
         self.offset_std = np.zeros(spec.obs_dim)
-        for name, std in (sensor_offset_std or {}).items():
+        self.offset_range: dict[int, tuple[float, float]] = {}
+        for name, value in (sensor_offset or {}).items():
             if name not in names:
                 raise WrapperConfigError(
-                    f"domain_randomization.sensor_offset_std: unknown channel {name!r}; expected one of {names}"
+                    f"domain_randomization.sensor_offset: unknown channel {name!r}; expected one of {names}"
                 )
-            self.offset_std[names.index(name)] = _number(
-                f"domain_randomization.sensor_offset_std.{name}", std
-            )
+            where = f"domain_randomization.sensor_offset.{name}"
+            if isinstance(value, (list, tuple)):  # a range: uniform offset in [low, high]
+                self.offset_range[names.index(name)] = _range(where, value, minimum=-np.inf)
+            else:  # a number: Gaussian offset with this std
+                self.offset_std[names.index(name)] = _number(where, value)
         self.offset = np.zeros(spec.obs_dim)
         self._robot_env = _robot(env)
 
@@ -303,6 +322,8 @@ class DomainRandomization(_SeededWrapper):
         scales = self._draw(rng)
         self._robot_env.set_physics_scales(scales)
         self.offset = rng.normal(0.0, 1.0, self.offset_std.shape) * self.offset_std
+        for i, (lo, hi) in self.offset_range.items():
+            self.offset[i] = rng.uniform(lo, hi)
         obs, info = self.env.reset(seed=seed, options=options)
         info["randomization"] = {**scales, "sensor_offset": self.offset.copy()}
         return obs + self.offset, info
