@@ -24,7 +24,6 @@ return, steps, lane error, collisions, reason), ~/command_status (std_msgs/Strin
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import threading
@@ -32,6 +31,7 @@ import time
 from collections import deque
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -44,12 +44,11 @@ from std_srvs.srv import SetBool, Trigger
 
 from liquid_control.core.adapters import fields_to_message
 from liquid_control.core.spec import ActionElement, InterfaceSpec
+from liquid_control.envs import ENV_IDS
 from liquid_control.ros.messages import COMMAND_QOS, message_class
 
-ROBOTS = {
-    "cartpole": ("liquid_control.envs.cartpole", "CartPoleSwingUpEnv", 500),
-    "rover": ("liquid_control.envs.rover", "RoverLaneEnv", 800),
-}
+# Robot name -> gymnasium id: the sim node runs the registered env class (its episode limit too).
+ROBOTS = {"cartpole": ENV_IDS["cartpole"], "rover": ENV_IDS["rover"]}
 
 
 def _get_path(msg: Any, path: str) -> Any:
@@ -93,13 +92,20 @@ class SimNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("sim_node", **kwargs)
         p = self._declare_parameters()
-        module, cls, self.max_episode_steps = ROBOTS[p["robot"]]
-        env_kwargs = json.loads(p["env_kwargs"] or "{}")
+        try:
+            env_kwargs = json.loads(p["env_kwargs"] or "{}")
+            if not isinstance(env_kwargs, dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            raise ValueError(
+                f"parameter env_kwargs: expected a JSON object, got {p['env_kwargs']!r} ({exc})"
+            ) from None
         if p["robot"] == "rover" and p["track_seed"] >= 0:
             env_kwargs["track_seed"] = p["track_seed"]
-        self.env = getattr(importlib.import_module(module), cls)(**env_kwargs)
-        if p["max_episode_steps"] > 0:
-            self.max_episode_steps = p["max_episode_steps"]
+        registered = gym.spec(ROBOTS[p["robot"]])
+        # The bare env class (no gymnasium wrappers): the node drives its physics directly.
+        self.env = gym.make(registered, **env_kwargs).unwrapped
+        self.max_episode_steps = p["max_episode_steps"] or registered.max_episode_steps
         self.spec: InterfaceSpec = self.env.interface_spec
         self.rtf = p["real_time_factor"]
         self.lockstep = p["lockstep"]
