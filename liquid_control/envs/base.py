@@ -6,9 +6,10 @@ the interface spec, the nested field dict of the ROS message the sim node publis
 readings through `liquid_control.core.adapters` (the same `ObservationAssembler` the policy node
 uses). The training vector equals the deployment vector by construction.
 
-The sim node drives the same object through the same three calls the env's `step` uses:
-`apply_command(action)` (robot units, clipped like the actuators), `advance(n_substeps)` and
-`evaluate(action, dt_s)` (reward and episode figures), so a command is applied one way only.
+The sim node drives the same object through the calls the env's `step` uses:
+`apply_command(action)` (robot units, clipped like the actuators), `advance(n_substeps)`,
+`readings()` and `score(action, dt_s)` (reward and episode figures), so a command is applied, and
+a sensor read, one way only.
 """
 
 from __future__ import annotations
@@ -53,9 +54,9 @@ def sim_dir() -> str:
 class MujocoRobotEnv(gym.Env):
     """Base class: subclasses load a model, reset its state, read sensors and score a step.
 
-    Subclasses implement `_build_model(options)`, `_reset_state()`, `readings()`,
-    `_write_controls(action)` and `evaluate(action, dt_s)`; they set `self.spec_` and
-    `self.action_space`/`self.observation_space` before calling `super().__init__`.
+    Subclasses pass their interface spec to `__init__` (the action and observation spaces come
+    from it) and implement `_build_model(options)`, `_reset_state()`, `readings()`,
+    `_write_controls(action)` and `evaluate(action, dt_s)`.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
