@@ -428,10 +428,12 @@ def test_swap_to_a_valid_policy_changes_the_hash_at_a_tick_boundary_without_miss
         for t, r in zip(rig.debug.times, debug_rows(rig.debug.messages), strict=True)
         if t0 < t < t1
     ]
-    assert len(during) >= 2 and all(r["steps"] > 1 for r in during), (
-        f"{len(during)} old-policy ticks during a {1e3 * (t1 - t0):.0f} ms load"
+    # (the swap tick itself may arrive before the parameter response)
+    old_ticks = [r for r in during if r["steps"] > 1]
+    assert len(old_ticks) >= 2, (
+        f"{len(old_ticks)} old-policy ticks during a {1e3 * (t1 - t0):.0f} ms load"
     )
-    first = next(r for r in rows if r["steps"] == 1)
+    first = next(r for r in debug_rows(rig.debug.since(t0)) if r["steps"] == 1)
     assert first["dt"] < min(5 * PERIOD_S, 0.5 * (t1 - t0)), (
         f"the swap tick came {first['dt'] * 1e3:.1f} ms after the previous one"
     )
