@@ -152,6 +152,7 @@ class PolicyNode(LifecycleNode):
         self._service_group = MutuallyExclusiveCallbackGroup()  # estop, services, diagnostics
         self._input_lock = threading.Lock()  # assembler: written by inputs, read by the tick
         self._tick_lock = threading.Lock()  # held by a running tick (deactivate waits on it)
+        self._initial_dir = ""  # the directory of the first policy (allowed_policy_dirs unset)
         self._reset_fields()
         self._ros_entities: list[tuple[str, Any]] = []
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -322,7 +323,6 @@ class PolicyNode(LifecycleNode):
         self._loop_stop = threading.Event()
         self._loop_clock = self.get_clock()
         self._period_s = 0.0
-        self._initial_dir = ""
         self._stats = LoopStats(1.0)
         self._last_tick_ns: int | None = None
         self._prev_action: np.ndarray | None = None
@@ -351,8 +351,9 @@ class PolicyNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         path = str(self._param("policy_path"))
         try:
-            self._initial_dir = ""
-            if path and not self._param("allowed_policy_dirs"):
+            if path and not self._initial_dir and not self._param("allowed_policy_dirs"):
+                # Fixed at the first configure: later paths (swaps, or a new policy_path set
+                # while unconfigured) must lie in the same directory.
                 self._initial_dir = os.path.dirname(os.path.realpath(path))
             policy = self._load_checked(path, None)
             self._build(policy)
@@ -526,9 +527,9 @@ class PolicyNode(LifecycleNode):
         for kind, entity in reversed(self._ros_entities):
             getattr(self, "destroy_" + kind)(entity)
         self._ros_entities = []
-        last_error = self._last_error
+        last_error, initial_dir = self._last_error, self._initial_dir
         self._reset_fields()
-        self._last_error = last_error
+        self._last_error, self._initial_dir = last_error, initial_dir
 
     def start(self) -> bool:
         """Configure and activate (what `autostart` does); False if a transition failed."""
