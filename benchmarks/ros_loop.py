@@ -15,7 +15,8 @@ files). Printed per run:
   ~/observation message of the first tick that used it (published right after the command, in
   the same tick). The publisher writes its send time (CLOCK_MONOTONIC, shared by processes) into
   a joint position, so the observation carries it;
-- swaps: accepted/requested and the mean duration of the parameter call (load + checks).
+- swaps: accepted/requested and the mean duration of the parameter call (load + checks);
+- node_cpu: CPU time the node process used per second of the run, in % of one core.
 
 The node runs with `debug: true` (for the latency), which adds one publish per tick that is not
 counted in its compute time. All three processes share the machine's cores.
@@ -92,6 +93,12 @@ def run_sensors(rate_hz: float, t_base: float) -> None:
         pass
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_case(
     rate: float, files: list[Path], duration: float, swap_period: float | None, log_dir: Path
 ) -> dict:
@@ -125,7 +132,7 @@ def run_case(
         assert h.change_state(NODE, "activate", 30.0), node.tail()
         h.wait_for(lambda: len(debug) > 10, 30.0, "ticks", node)
         time.sleep(0.5)
-        t_start = time.monotonic()
+        t_start, cpu_start = time.monotonic(), cpu_seconds(node.proc.pid)
         swaps, swap_ok, swap_s = 0, 0, []
         if swap_period:
             k = 1
@@ -139,7 +146,7 @@ def run_case(
                 time.sleep(max(0.0, swap_period - (time.monotonic() - t)))
         else:
             time.sleep(duration)
-        t_end = time.monotonic()
+        t_end, cpu_end = time.monotonic(), cpu_seconds(node.proc.pid)
         assert h.change_state(NODE, "deactivate", 30.0), node.tail()
         t_deact = time.monotonic()
 
@@ -173,6 +180,7 @@ def run_case(
             "missed": int(float(d["total_missed_ticks"])),
             "missed_swap": int(float(d["total_missed_ticks_during_swaps"])),
             "swaps": f"{swap_ok}/{swaps}" if swap_period else "-",
+            "cpu": 100.0 * (cpu_end - cpu_start) / (t_end - t_start),
             "swap_ms": 1e3 * float(np.mean(swap_s)) if swap_s else float("nan"),
         }
     finally:
@@ -204,11 +212,12 @@ def main() -> None:
     )
     print(
         f"{'rate_hz':>7} {'swaps':>6} {'achieved':>8} {'perr_p50':>8} {'perr_p99':>8} {'perr_max':>8} "
-        f"{'cpu_p50':>7} {'cpu_p99':>7} {'lat_p50':>7} {'lat_p99':>7} {'ticks':>6} {'missed':>6} "
-        f"{'m_swap':>6} {'swap_ms':>7}"
+        f"{'comp_p50':>8} {'comp_p99':>8} {'lat_p50':>7} {'lat_p99':>7} {'ticks':>6} {'missed':>6} "
+        f"{'m_swap':>6} {'swap_ms':>7} {'node_cpu':>8}"
     )
     print(
-        f"{'':>7} {'':>6} {'Hz':>8} {'ms':>8} {'ms':>8} {'ms':>8} {'us':>7} {'us':>7} {'ms':>7} {'ms':>7}"
+        f"{'':>7} {'':>6} {'Hz':>8} {'ms':>8} {'ms':>8} {'ms':>8} {'us':>8} {'us':>8} {'ms':>7} "
+        f"{'ms':>7} {'':>6} {'':>6} {'':>6} {'ms':>7} {'%core':>8}"
     )
     for rate in args.rates:
         spec = make_spec(rate)
@@ -222,9 +231,9 @@ def main() -> None:
             r = run_case(rate, files, args.duration, swap, tmp / "logs")
             print(
                 f"{r['rate']:7.0f} {r['swaps']:>6} {r['achieved']:8.1f} {r['pe50']:8.3f} {r['pe99']:8.3f} "
-                f"{r['pemax']:8.2f} {r['c50']:7.0f} {r['c99']:7.0f} {r['lat50']:7.2f} {r['lat99']:7.2f} "
+                f"{r['pemax']:8.2f} {r['c50']:8.0f} {r['c99']:8.0f} {r['lat50']:7.2f} {r['lat99']:7.2f} "
                 f"{r['ticks']:6d} {r['missed']:6d} {r['missed_swap'] if r['swap'] else '-':>6} "
-                f"{r['swap_ms']:7.1f}",
+                f"{r['swap_ms']:7.1f} {r['cpu']:8.0f}",
                 flush=True,
             )
 
