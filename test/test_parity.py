@@ -164,13 +164,34 @@ def test_policy_on_gym_env_and_over_ros_give_the_same_trajectory(
     assert ticks >= 30
     assert np.ptp(obs_ref, axis=0).max() > 0.05 and np.ptp(act_ref, axis=0).max() > 1e-3
 
-    obs_ros, act_ros = over_ros(spec, path, sim_params, ticks, tmp_path)
-    obs_err = np.abs(obs_ros - obs_ref).max(axis=0)
-    act_err = np.abs(act_ros - act_ref).max()
+    # A deterministic mismatch (an order, a scale, a sign) fails every run; one more run is allowed
+    # only to ride out a transport hiccup on a loaded machine (a message late for its tick).
+    failures = []
+    for attempt in range(2):
+        obs_ros, act_ros = over_ros(spec, path, sim_params, ticks, tmp_path / f"run{attempt}")
+        problem = _compare(spec, obs_ref, act_ref, obs_ros, act_ros, tolerance)
+        if problem is None:
+            return
+        failures.append(f"run {attempt + 1}: {problem}")
+    pytest.fail("\n".join(failures))
+
+
+def _compare(spec, obs_ref, act_ref, obs_ros, act_ros, tolerance: float) -> str | None:
+    """None if the ROS run matches the gym run; else where and how it first differs."""
+    obs_err = np.abs(obs_ros - obs_ref).max(axis=1)
+    act_err = np.abs(act_ros - act_ref).max(axis=1)
+    bad = np.flatnonzero((obs_err > tolerance) | (act_err > tolerance))
+    if bad.size == 0:
+        return None
+    k = int(bad[0])
     names = [e.name for e in spec.observations]
-    assert obs_err.max() <= tolerance, (
-        f"observation mismatch {dict(zip(names, obs_err.round(9), strict=True))}"
-    )
-    assert act_err <= tolerance, (
-        f"action mismatch {act_err}: first ticks ROS {act_ros[:3]}, gym {act_ref[:3]}"
+    diff = {
+        n: float(d)
+        for n, d in zip(names, np.abs(obs_ros[k] - obs_ref[k]), strict=True)
+        if d > tolerance
+    }
+    return (
+        f"first difference at tick {k} of {len(obs_ref)}: observations {diff}, "
+        f"action ROS {act_ros[k].tolist()} vs gym {act_ref[k].tolist()}; "
+        f"max errors obs {obs_err.max():.3g}, action {act_err.max():.3g}"
     )
