@@ -1,12 +1,34 @@
 """Test-wide setup: every pytest process talks ROS 2 only to itself.
 
-A distinct ROS_DOMAIN_ID per test process (node processes started by tests inherit it) and
-discovery limited to localhost keep concurrent test runs from hearing each other.
+Each pytest process takes a ROS_DOMAIN_ID nobody else on this machine holds (an exclusive lock on
+a file per domain, kept for the life of the process) and limits discovery to localhost, so
+concurrent test runs never hear each other. Node processes started by tests inherit it.
 """
 
+import fcntl
 import os
+import tempfile
 
-os.environ["ROS_DOMAIN_ID"] = os.environ.get("LIQUID_TEST_DOMAIN_ID") or str(1 + os.getpid() % 100)
+_DOMAIN_LOCK = None
+
+
+def _claim_ros_domain() -> int:
+    global _DOMAIN_LOCK
+    start = os.getpid() % 100
+    for k in range(101):  # domains 1..101 are valid for every DDS vendor on Linux
+        domain = 1 + (start + k) % 101
+        f = open(os.path.join(tempfile.gettempdir(), f"liquid_control_ros_domain_{domain}.lock"), "w")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            continue
+        _DOMAIN_LOCK = f
+        return domain
+    raise RuntimeError("no free ROS_DOMAIN_ID in 1..101 on this machine")
+
+
+os.environ["ROS_DOMAIN_ID"] = os.environ.get("LIQUID_TEST_DOMAIN_ID") or str(_claim_ros_domain())
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
 os.environ.setdefault("MUJOCO_GL", "egl")
