@@ -91,24 +91,26 @@ def finetune(cfg: TrainConfig, run_dir: str | os.PathLike, progress: bool = True
     def values(obs_raw: np.ndarray) -> torch.Tensor:
         return critic(torch.as_tensor(spec.normalize(obs_raw), dtype=torch.float32)).squeeze(-1)
 
+    # episodes run on across rollouts (a rollout is shorter than an episode); a resume starts
+    # fresh episodes, from seeds that depend on the iteration
+    env_seed = cfg.seed * 7907 + 31 * state["iteration"]
+    envs = [make_env(cfg.env, seed=env_seed + i, randomize=True) for i in range(n)]
+    obs = np.stack([e.reset(seed=env_seed * 100 + i)[0] for i, e in enumerate(envs)])
+    obs = obs.astype(np.float64)
+    next_reset = env_seed * 100 + n
+    dt = np.full(n, period)
+    h = torch.zeros(n, actor.state_size)
+    start = np.ones(n, bool)
+    ep_return = np.zeros(n)
     for it in range(state["iteration"], iterations):
         seed = cfg.seed * 7907 + 31 * it
         torch.manual_seed(seed)
-        envs = [make_env(cfg.env, seed=seed + i, randomize=True) for i in range(n)]
-        obs = np.stack([e.reset(seed=seed * 100 + i)[0] for i, e in enumerate(envs)]).astype(
-            np.float64
-        )
-        next_reset = seed * 100 + n
-        dt = np.full(n, period)
-        h = torch.zeros(n, actor.state_size)
-        start = np.ones(n, bool)
         buf = RolloutBuffer(
             T, obs_space, act_space, gamma=f.gamma, gae_lambda=f.gae_lambda, n_envs=n
         )
         elapsed_log = np.zeros((T, n), np.float32)
         h0 = torch.zeros(T // W, n, actor.state_size)  # state at the start of every window
         returns_done: list[float] = []
-        ep_return = np.zeros(n)
         with torch.no_grad():
             for t in range(T):
                 h = h * torch.as_tensor(~start, dtype=torch.float32).unsqueeze(-1)
@@ -146,8 +148,6 @@ def finetune(cfg: TrainConfig, run_dir: str | os.PathLike, progress: bool = True
                 buf.add(obs.astype(np.float32), u.numpy(), rewards, start, value, logp)
                 obs, start = next_obs, new_start
             buf.compute_returns_and_advantage(last_values=values(obs), dones=start)
-        for env in envs:
-            env.close()
         bar.update(n * T)
 
         # -- update over windows: (T/W * n) sequences of W steps, re-run from the stored states
@@ -211,6 +211,8 @@ def finetune(cfg: TrainConfig, run_dir: str | os.PathLike, progress: bool = True
         bar.set_postfix(eval=f"{ret:.1f}", best=f"{state['best_return']:.1f}")
         _save(out, state, it + 1, actor, critic, log_std, opt_actor, opt_critic)
     bar.close()
+    for env in envs:
+        env.close()
     actor.load_state_dict(read_tensors(out / "best_ltc.safetensors"))
     policy = actor.to_policy(spec, provenance={"stage": "finetune", "task": cfg.name})
     policy.save(out / "ltc19_finetuned.lcp")

@@ -66,7 +66,7 @@ def run_pipeline(
             continue
         if (out / stage / "done.json").exists():
             continue
-        start = time.monotonic()
+        start, cpu_start = time.monotonic(), time.process_time()
         if stage == "teacher":
             from .teacher import train_teacher
 
@@ -87,7 +87,8 @@ def run_pipeline(
             from .export import export_run
 
             export_run(cfg, out)
-        # wall time of the (last) uninterrupted part of each stage, summed over resumes
+        # wall and CPU seconds of each stage (this process), summed over resumes
         timings[stage] = timings.get(stage, 0.0) + time.monotonic() - start
+        timings[f"{stage}_cpu"] = timings.get(f"{stage}_cpu", 0.0) + time.process_time() - cpu_start
         write_json(timings_path, timings)
     return out
