@@ -371,7 +371,13 @@ def plot_demo(
         env.close()
         if truth:
             xy = np.array([p for _, p in truth])
-            ax.plot(xy[:, 0], xy[:, 1], color="tab:blue", lw=2, label="rover (odometry pose)")
+            ax.plot(
+                xy[:, 0],
+                xy[:, 1],
+                color="tab:blue",
+                lw=2,
+                label="rover, wheel odometry /odom (drifts with wheel slip)",
+            )
         ax.set(
             aspect="equal",
             xlabel="x (m)",
