@@ -39,7 +39,9 @@ def test_shipped_policy_loads_as_a_19_neuron_ncp(name: str) -> None:
 def test_shipped_policy_reaches_its_stated_minimum_return(name: str) -> None:
     entry = MANIFEST[name]
     policy = Policy.load(ROOT / "policies" / name)
-    returns = run_episodes(PolicyAgent(policy), EnvConfig(id=entry["env"]), entry["test_episodes"], seed=500)
+    returns = run_episodes(
+        PolicyAgent(policy), EnvConfig(id=entry["env"]), entry["test_episodes"], seed=500
+    )
     assert np.mean(returns) >= entry["min_return"], (name, returns)
 
 
@@ -47,9 +49,22 @@ def test_shipped_policy_reaches_its_stated_minimum_return(name: str) -> None:
 @pytest.mark.ros
 def test_demo_runs_the_cartpole_policy_over_dds(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "liquid_control.cli", "demo", "--robot", "cartpole", "--duration", "4",
-         "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "liquid_control.cli",
+            "demo",
+            "--robot",
+            "cartpole",
+            "--duration",
+            "4",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
