@@ -811,6 +811,7 @@ def main(args: list[str] | None = None) -> None:
     # SIGINT/SIGTERM end the spin here rather than inside rclpy, so shutdown can still publish
     # the safe action once before the context goes away.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # Short GIL slices: the control thread waits at most this long for a busy worker thread.
     sys.setswitchinterval(2e-4)
