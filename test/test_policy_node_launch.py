@@ -4,9 +4,8 @@ launch_ros is importable) starts a node that commands."""
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
-import threading
+import sys
 
 import pytest
 import yaml
@@ -72,50 +71,56 @@ def test_node_starts_from_the_config_file(tmp_path):
         }
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("launch_ros") is None,
-    reason="launch_ros is not importable (ROS 2 launch is not installable from pip)",
-)
+def _launch_skip_reason() -> str | None:
+    if importlib.util.find_spec("launch_ros") is None:
+        return "launch_ros is not importable (ROS 2 launch is not installable from pip)"
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        get_package_share_directory("liquid_control")
+    except Exception:  # noqa: BLE001 (PackageNotFoundError, or no ament index at all)
+        return "liquid_control is not installed in the ament index (colcon build + source)"
+    return None
+
+
+LAUNCH_RUNNER = """
+import sys
+from launch import LaunchDescription, LaunchService
+from launch.actions import IncludeLaunchDescription
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+
+launch_file, *pairs = sys.argv[1:]
+ls = LaunchService()
+ls.include_launch_description(LaunchDescription([IncludeLaunchDescription(
+    PythonLaunchDescriptionSource(launch_file),
+    launch_arguments=[tuple(p.split(":=", 1)) for p in pairs],
+)]))
+sys.exit(ls.run())
+"""
+
+
+@pytest.mark.skipif(_launch_skip_reason() is not None, reason=str(_launch_skip_reason()))
 def test_launch_file_starts_a_commanding_policy_node(tmp_path):
-    from launch.actions import IncludeLaunchDescription
-    from launch.launch_description_sources import PythonLaunchDescriptionSource
-
-    from launch import LaunchDescription, LaunchService
-
+    """`ros2 launch liquid_control policy.launch.py` as a LaunchService in its own process
+    (signals reach its main thread; stop() interrupts the whole group)."""
     policy = tmp_path / "p.lcp"
     save_test_policy(policy, joint_spec(), seed=0)
-    ls = LaunchService()
-    ls.include_launch_description(
-        LaunchDescription(
-            [
-                IncludeLaunchDescription(
-                    PythonLaunchDescriptionSource(str(LAUNCH)),
-                    launch_arguments={
-                        "policy_path": str(policy),
-                        "namespace": "launched",
-                        "params_file": str(CONFIG),
-                    }.items(),
-                )
-            ]
+    argv = [
+        sys.executable,
+        "-c",
+        LAUNCH_RUNNER,
+        str(LAUNCH),
+        f"policy_path:={policy}",
+        "namespace:=launched",
+        f"params_file:={CONFIG}",
+    ]
+    with NodeProcess(argv=argv, log_dir=tmp_path) as launch, Harness() as h:
+        cmd = h.subscribe("/cmd", "std_msgs/Float64MultiArray")
+        h.publish_periodically(
+            "/joint_states",
+            lambda: JointState(name=["j0", "j1"], position=[0.1, 0.2], velocity=[0.0, 0.0]),
+            100.0,
+            SENSOR_QOS,
         )
-    )
-    # run_async without signal handlers: signals can only be handled in the main thread.
-    thread = threading.Thread(
-        target=lambda: asyncio.run(ls.run_async(shutdown_when_idle=False, handle_signals=False)),
-        daemon=True,
-    )
-    thread.start()
-    try:
-        with Harness() as h:
-            cmd = h.subscribe("/cmd", "std_msgs/Float64MultiArray")
-            h.publish_periodically(
-                "/joint_states",
-                lambda: JointState(name=["j0", "j1"], position=[0.1, 0.2], velocity=[0.0, 0.0]),
-                100.0,
-                SENSOR_QOS,
-            )
-            h.wait_for(lambda: len(cmd) >= 5, 60.0, "commands from the launched node")
-            assert h.lifecycle_state("/launched/policy_node") == "active"
-    finally:
-        ls.shutdown()
-        thread.join(timeout=15.0)
+        h.wait_for(lambda: len(cmd) >= 5, 60.0, "commands from the launched node", launch)
+        assert h.lifecycle_state("/launched/policy_node") == "active"
