@@ -37,7 +37,11 @@ def table(rows: list[dict]) -> str:
                 f"{by[(task, agent, c)]['mean_return']:.1f}" if (task, agent, c) in by else "-"
                 for c in cases
             ]
-            pct = "" if agent == "teacher" else f"{100 * first['mean_return'] / teacher:.0f}%"
+            pct = (
+                f"{100 * first['mean_return'] / teacher:.0f}%"
+                if agent != "teacher" and teacher > 0
+                else ""
+            )
             lines.append(
                 f"| {task} | {agent} | {first['parameters']} | " + " | ".join(cells) + f" | {pct} |"
             )

@@ -140,7 +140,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         cells = []
         for c in cases:
             r = by[(a, c)]
-            pct = "" if a == "teacher" else f" ({100 * r['vs_teacher']:.0f}%)"
+            # a share of the teacher's return means something only when that return is positive
+            positive = by[("teacher", c)]["mean_return"] > 0
+            pct = f" ({100 * r['vs_teacher']:.0f}%)" if a != "teacher" and positive else ""
             cells.append(f"{r['mean_return']:.1f} ± {r['std_return']:.1f}{pct}")
         lines.append(f"| {a} | {by[(a, cases[0])]['parameters']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
