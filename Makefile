@@ -32,7 +32,7 @@ demo: venv
 	$(PY) -m liquid_control.cli demo
 
 train-demo: venv
-	$(PY) -m liquid_control.cli train config/train/cartpole_tiny.yaml --out runs/train-demo
+	$(PY) -m liquid_control.cli train config/train/cartpole_tiny.yaml --out runs/train-demo --resume
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -335,3 +335,18 @@ def test_spec_with_joint_names_round_trips(tmp_path):
     p = make_policy(spec)
     p.save(tmp_path / "x.lcp")
     assert Policy.load(tmp_path / "x.lcp").spec.to_dict() == spec.to_dict()
+
+
+def test_a_deep_copied_policy_steps_like_the_original(saved):
+    import copy
+
+    p = Policy.load(saved[1])
+    q = copy.deepcopy(p)
+    np.testing.assert_array_equal(rollout(p), rollout(q))
+
+
+def test_saved_files_get_the_usual_permissions(saved):
+    _, path = saved
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

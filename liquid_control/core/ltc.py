@@ -21,6 +21,7 @@ capacitances cm are >= 0, as the policy file stores them.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,6 +172,11 @@ class LTCCell:
         self._xs = np.ones(self.wiring.input_dim + 1)  # [x, 1]
         self._x = self._xs[:-1]
         self._last_row, self._last_row_den = self._M[-1], self._M[-1, n:]
+
+    def __deepcopy__(self, memo: dict) -> LTCCell:
+        # The work buffers are views into each other; a field-by-field copy would break that
+        # sharing (and step would read stale buffers), so a copy is rebuilt from the parameters.
+        return LTCCell(self.wiring, copy.deepcopy(self.params, memo), self.ode_unfolds, self.epsilon)
 
     @property
     def units(self) -> int:
