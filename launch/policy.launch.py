@@ -10,12 +10,11 @@ parameter file). Arguments given here override the parameter file.
 
 import os
 
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
 from launch_ros.parameter_descriptions import ParameterValue
-
-from launch import LaunchDescription
 
 
 def _default_params_file() -> str:

@@ -9,11 +9,10 @@ staleness checks follow the simulation, at any real_time_factor.
 
 import os
 
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
-
-from launch import LaunchDescription
 
 
 def _config(robot: str) -> str:

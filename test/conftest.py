@@ -17,7 +17,9 @@ def _claim_ros_domain() -> int:
     start = os.getpid() % 100
     for k in range(101):  # domains 1..101 are valid for every DDS vendor on Linux
         domain = 1 + (start + k) % 101
-        f = open(os.path.join(tempfile.gettempdir(), f"liquid_control_ros_domain_{domain}.lock"), "w")
+        f = open(
+            os.path.join(tempfile.gettempdir(), f"liquid_control_ros_domain_{domain}.lock"), "w"
+        )
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

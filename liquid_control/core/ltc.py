@@ -176,7 +176,9 @@ class LTCCell:
     def __deepcopy__(self, memo: dict) -> LTCCell:
         # The work buffers are views into each other; a field-by-field copy would break that
         # sharing (and step would read stale buffers), so a copy is rebuilt from the parameters.
-        return LTCCell(self.wiring, copy.deepcopy(self.params, memo), self.ode_unfolds, self.epsilon)
+        return LTCCell(
+            self.wiring, copy.deepcopy(self.params, memo), self.ode_unfolds, self.epsilon
+        )
 
     @property
     def units(self) -> int:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import threading
 import time
 from collections import deque
@@ -512,6 +513,8 @@ def main(args: list[str] | None = None) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # `ros2 launch` and a terminal may both send SIGINT: a second one must not cut the cleanup.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         node.destroy_node()
         rclpy.try_shutdown()
 
