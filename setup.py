@@ -79,7 +79,6 @@ setup(
     maintainer="liquid_control developers",
     description="Liquid Time-Constant neural circuit policies for ROS 2",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "liquid-control = liquid_control.cli:main",

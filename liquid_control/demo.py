@@ -3,8 +3,7 @@
 Two processes, as on a robot: the MuJoCo sim node (publishes /clock and the sensors, applies the
 commands) and the policy node (the numpy LTC behind its safety layer, on sim time). This process
 only watches: it records the policy node's per-tick debug stream (raw observation, dt, action), the
-commands and sensor messages with their wall-clock arrival times, the ground truth (odometry pose or
-joint states) and the sim node's episode figures. After ``--duration`` seconds of sim time it prints
+commands and sensor messages with their wall-clock arrival times, the sim node's ground-truth pose (rover) and the sim node's episode figures. After ``--duration`` seconds of sim time it prints
 
     episode return, lane error (rover), achieved control rate, period jitter, sensor->command latency
 
@@ -20,6 +19,7 @@ unless set, ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import signal
@@ -132,13 +132,13 @@ class Watcher:
             n.create_subscription(
                 message_class(msg_type), topic, lambda m: self._stamp(self.inputs), SENSOR_QOS
             )
-        if "/odom" in spec.observation_topics():
-            n.create_subscription(
-                message_class("nav_msgs/Odometry"),
-                "/odom",
-                lambda m: self._add(self.truth, (m.pose.pose.position.x, m.pose.pose.position.y)),
-                SENSOR_QOS,
-            )
+        # The rover's ground-truth pose from the sim node (wheel odometry would drift off the lane).
+        n.create_subscription(
+            message_class("geometry_msgs/PoseStamped"),
+            "/sim_node/ground_truth_pose",
+            lambda m: self._add(self.truth, (m.pose.position.x, m.pose.position.y)),
+            10,
+        )
         self.pause = n.create_client(SetBool, "/sim_node/pause")
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(n)
@@ -301,14 +301,8 @@ def replay_policy(policy: Policy, debug: list) -> dict[str, np.ndarray]:
     """Neuron states by stepping the same policy on the logged (observation, dt); with the action
     difference to what the node published."""
     n_obs, n_act = policy.spec.obs_dim, policy.spec.action_dim
-    replay = Policy(
-        policy.wiring,
-        policy.params,
-        policy.spec,
-        policy.ode_unfolds,
-        policy.epsilon,
-        policy.time_unit_s,
-    )
+    replay = copy.deepcopy(policy)  # same weights and spec, its own state
+    replay.reset()
     states, actions, logged, times = [], [], [], []
     t = 0.0
     for _, row in debug:
@@ -376,7 +370,7 @@ def plot_demo(
                 xy[:, 1],
                 color="tab:blue",
                 lw=2,
-                label="rover, wheel odometry /odom (drifts with wheel slip)",
+                label="rover (ground truth from the sim node)",
             )
         ax.set(
             aspect="equal",

@@ -4,6 +4,7 @@ timeout, command latency, episode figures; the launch file."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 
@@ -27,6 +28,7 @@ TOPICS = {
     "/odom": "nav_msgs/Odometry",
     "/sim_node/episode": "std_msgs/String",
     "/sim_node/command_status": "std_msgs/String",
+    "/sim_node/ground_truth_pose": "geometry_msgs/PoseStamped",
 }
 
 
@@ -203,6 +205,10 @@ def test_rover_sensor_rates_latency_and_collision_figures(harness, tmp_path):
         np.testing.assert_allclose(np.diff(stamps["/imu"]), 0.01, atol=1e-6)
         scan = h.rec["/scan"].last
         assert len(scan.ranges) == 40 and scan.range_max == pytest.approx(4.0)
+        # Ground truth for plots: the planar pose in the world frame, a unit yaw quaternion.
+        start = _wait_message(h, "/sim_node/ground_truth_pose", lambda m: True, node).pose
+        assert h.rec["/sim_node/ground_truth_pose"].last.header.frame_id == "world"
+        assert start.orientation.z**2 + start.orientation.w**2 == pytest.approx(1.0)
 
         # Latency: the wheels start turning no earlier than 0.2 s of sim time after the command.
         cmd = Twist()
@@ -220,6 +226,8 @@ def test_rover_sensor_rates_latency_and_collision_figures(harness, tmp_path):
         h.publish("/cmd_vel", cmd)
         moving = _wait_message(h, "/odom", lambda m: m.twist.twist.linear.x > 0.02, node)
         assert stamp_to_s(moving.header.stamp) >= sent + 0.2 - 0.05
+        moved = h.rec["/sim_node/ground_truth_pose"].last.pose.position
+        assert math.hypot(moved.x - start.position.x, moved.y - start.position.y) > 1e-3
 
         figures = json.loads(_wait_message(h, "/sim_node/episode", lambda m: True, node, 60).data)
         assert figures["reason"] == "collision" and figures["collisions"] == 1

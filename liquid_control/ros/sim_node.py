@@ -152,6 +152,12 @@ class SimNode(Node):
         self.clock_pub = self.create_publisher(Clock, "/clock", 10)
         self.episode_pub = self.create_publisher(String, "~/episode", 10)
         self.status_pub = self.create_publisher(String, "~/command_status", 10)
+        # Ground-truth planar pose for plots and tests (robots that have one); never a policy input.
+        self.truth_pub = None
+        if callable(getattr(self.env, "pose", None)):
+            self._truth_msg = message_class("geometry_msgs/PoseStamped")()
+            self._truth_msg.header.frame_id = "world"
+            self.truth_pub = self.create_publisher(type(self._truth_msg), "~/ground_truth_pose", 10)
 
         # Commands: one subscription per action topic; (sim receipt time, values) queued.
         self.command_elements: dict[str, list[ActionElement]] = {}
@@ -397,6 +403,16 @@ class SimNode(Node):
             if hasattr(msg, "header"):
                 msg.header.stamp = stamp
             pub.publish(msg)
+        if self.truth_pub is not None:
+            x, y, yaw = self.env.pose()
+            truth = self._truth_msg
+            truth.header.stamp = stamp
+            truth.pose.position.x, truth.pose.position.y = x, y
+            truth.pose.orientation.z, truth.pose.orientation.w = (
+                math.sin(yaw / 2),
+                math.cos(yaw / 2),
+            )
+            self.truth_pub.publish(truth)
         return True
 
     def _wait_for_commands(self, counts: dict[str, int]) -> None:

@@ -9,6 +9,7 @@ the numpy runtime (`Policy.network_step`) on a random input sequence with jitter
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -80,14 +81,8 @@ def check_onnx(
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
-    ref = Policy(
-        policy.wiring,
-        policy.params,
-        policy.spec,
-        policy.ode_unfolds,
-        policy.epsilon,
-        policy.time_unit_s,
-    )
+    ref = copy.deepcopy(policy)  # same weights and spec, its own state
+    ref.reset()
     h = np.zeros((1, policy.wiring.units), np.float32)
     worst = 0.0
     for _ in range(steps):
