@@ -27,6 +27,7 @@ test-fast: venv
 bench: venv
 	$(PY) benchmarks/deploy_step.py
 	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/ros_loop.py
 
 demo: venv
 	$(PY) -m liquid_control.cli demo
