@@ -429,12 +429,15 @@ def test_swap_to_a_valid_policy_changes_the_hash_at_a_tick_boundary_without_miss
         if t0 < t < t1
     ]
     # (the swap tick itself may arrive before the parameter response)
+    # A loop blocked by the load would tick not at all while it ran and then once, about the
+    # load time after its previous tick; one tick of slack for where the load falls on the grid.
+    load_s = t1 - t0
     old_ticks = [r for r in during if r["steps"] > 1]
-    assert len(old_ticks) >= 2, (
-        f"{len(old_ticks)} old-policy ticks during a {1e3 * (t1 - t0):.0f} ms load"
+    assert len(old_ticks) >= int(load_s / PERIOD_S) - 1, (
+        f"{len(old_ticks)} old-policy ticks during a {1e3 * load_s:.0f} ms load"
     )
     first = next(r for r in debug_rows(rig.debug.since(t0)) if r["steps"] == 1)
-    assert first["dt"] < min(5 * PERIOD_S, 0.5 * (t1 - t0)), (
+    assert first["dt"] < min(5 * PERIOD_S, PERIOD_S + 0.5 * load_s), (
         f"the swap tick came {first['dt'] * 1e3:.1f} ms after the previous one"
     )
     fresh = Policy.load(files["b"])
