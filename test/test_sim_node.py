@@ -226,8 +226,12 @@ def test_rover_sensor_rates_latency_and_collision_figures(harness, tmp_path):
         h.publish("/cmd_vel", cmd)
         moving = _wait_message(h, "/odom", lambda m: m.twist.twist.linear.x > 0.02, node)
         assert stamp_to_s(moving.header.stamp) >= sent + 0.2 - 0.05
-        moved = h.rec["/sim_node/ground_truth_pose"].last.pose.position
-        assert math.hypot(moved.x - start.position.x, moved.y - start.position.y) > 1e-3
+
+        def moved_m() -> float:
+            p = h.rec["/sim_node/ground_truth_pose"].last.pose.position
+            return math.hypot(p.x - start.position.x, p.y - start.position.y)
+
+        h.wait_for(lambda: moved_m() > 0.01, 20, "the ground-truth pose to follow the motion", node)
 
         figures = json.loads(_wait_message(h, "/sim_node/episode", lambda m: True, node, 60).data)
         assert figures["reason"] == "collision" and figures["collisions"] == 1
