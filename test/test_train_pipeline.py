@@ -411,3 +411,26 @@ def test_teacher_resumes_from_its_last_checkpoint_after_kill(tmp_path: Path) -> 
 
     teacher = Teacher.load(run / "teacher", "PPO")
     assert teacher.act(np.zeros((2, 9))).shape == (2, 1)
+
+
+def test_optimiser_state_round_trips_without_pickle(tmp_path):
+    import torch
+
+    from liquid_control.train.io import read_state_dicts, write_state_dicts
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-4, betas=(0.8, 0.95))
+    for _ in range(3):
+        opt.zero_grad()
+        model(torch.randn(4, 3)).square().sum().backward()
+        opt.step()
+    write_state_dicts(tmp_path / "optim.safetensors", {"adam": opt.state_dict()})
+    assert (tmp_path / "optim.safetensors").read_bytes()[:2] not in (b"\x80\x04", b"PK")
+    back = read_state_dicts(tmp_path / "optim.safetensors")["adam"]
+    fresh = torch.optim.Adam(model.parameters(), lr=1.0)
+    fresh.load_state_dict(back)
+    a, b = opt.state_dict(), fresh.state_dict()
+    assert a["param_groups"] == b["param_groups"] and b["param_groups"][0]["betas"] == (0.8, 0.95)
+    for i, s in a["state"].items():
+        for k, v in s.items():
+            torch.testing.assert_close(b["state"][i][k], v)

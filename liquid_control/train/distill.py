@@ -26,7 +26,16 @@ from ..core.spec import InterfaceSpec
 from ..core.wiring import AutoNCP
 from .config import TrainConfig
 from .envs import apply_perturbations, interface_spec, make_env
-from .io import read_arrays, read_json, read_tensors, write_arrays, write_json, write_tensors
+from .io import (
+    read_arrays,
+    read_json,
+    read_state_dicts,
+    read_tensors,
+    write_arrays,
+    write_json,
+    write_state_dicts,
+    write_tensors,
+)
 from .rollout import TorchStudentAgent, run_episodes
 
 
@@ -266,7 +275,7 @@ def distill(cfg: TrainConfig, run_dir: str | os.PathLike, progress: bool = True)
         data = Dataset(read_arrays(out / state["data"]))
         for k, m in students.items():
             m.load_state_dict(read_tensors(out / state["weights"][k]))
-            optims[k].load_state_dict(torch.load(out / state["optim"][k], weights_only=True))
+            optims[k].load_state_dict(read_state_dicts(out / state["optim"][k])["optim"])
     bar = tqdm(
         total=d.iterations * d.steps_per_iteration,
         initial=state["iteration"] * d.steps_per_iteration,
@@ -313,20 +322,12 @@ def distill(cfg: TrainConfig, run_dir: str | os.PathLike, progress: bool = True)
 
 def _save_round(out: Path, state: dict, iteration: int, students, optims, data: Dataset) -> None:
     """Everything of a finished round under round-numbered names, then the index, then cleanup."""
-    import torch
-
-    from ..core.policy_file import atomic_write_bytes
-
     names = {"weights": {}, "optim": {}}
     for name, model in students.items():
         names["weights"][name] = f"round{iteration}_{name}.safetensors"
         write_tensors(out / names["weights"][name], model.state_dict())
-        names["optim"][name] = f"round{iteration}_{name}_optim.pt"
-        import io
-
-        buf = io.BytesIO()
-        torch.save(optims[name].state_dict(), buf)  # our own file; read back with weights_only=True
-        atomic_write_bytes(out / names["optim"][name], buf.getvalue())
+        names["optim"][name] = f"round{iteration}_{name}_optim.safetensors"
+        write_state_dicts(out / names["optim"][name], {"optim": optims[name].state_dict()})
     data_name = f"round{iteration}_data.npz"
     write_arrays(out / data_name, data.arrays())
     state.update(iteration=iteration, data=data_name, **names)

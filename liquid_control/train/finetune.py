@@ -15,7 +15,6 @@ says whether fine-tuning improved the return (``improved``), and export only use
 
 from __future__ import annotations
 
-import io
 import math
 import os
 from pathlib import Path
@@ -23,10 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from ..core.policy_file import atomic_write_bytes
 from .config import TrainConfig
 from .envs import make_env
-from .io import read_json, read_tensors, write_json, write_tensors
+from .io import (
+    read_json,
+    read_state_dicts,
+    read_tensors,
+    write_json,
+    write_state_dicts,
+    write_tensors,
+)
 
 
 def finetune(cfg: TrainConfig, run_dir: str | os.PathLike, progress: bool = True) -> Path:
@@ -68,7 +73,7 @@ def finetune(cfg: TrainConfig, run_dir: str | os.PathLike, progress: bool = True
         critic.load_state_dict({k[7:]: v for k, v in weights.items() if k.startswith("critic.")})
         with torch.no_grad():
             log_std.copy_(weights["log_std"])
-        opts = torch.load(out / state["optim"], weights_only=True)
+        opts = read_state_dicts(out / state["optim"])
         opt_actor.load_state_dict(opts["actor"])
         opt_critic.load_state_dict(opts["critic"])
     else:
@@ -233,8 +238,6 @@ def finetune(cfg: TrainConfig, run_dir: str | os.PathLike, progress: bool = True
 def _save(
     out: Path, state: dict, iteration: int, actor, critic, log_std, opt_actor, opt_critic
 ) -> None:
-    import torch
-
     weights = {
         **{f"ltc.{k}": v for k, v in actor.state_dict().items()},
         **{f"critic.{k}": v for k, v in critic.state_dict().items()},
@@ -242,10 +245,10 @@ def _save(
     }
     name = f"iter{iteration}.safetensors"
     write_tensors(out / name, weights)
-    buf = io.BytesIO()
-    torch.save({"actor": opt_actor.state_dict(), "critic": opt_critic.state_dict()}, buf)
-    optim = f"iter{iteration}_optim.pt"  # our own file; read back with weights_only=True
-    atomic_write_bytes(out / optim, buf.getvalue())
+    optim = f"iter{iteration}_optim.safetensors"
+    write_state_dicts(
+        out / optim, {"actor": opt_actor.state_dict(), "critic": opt_critic.state_dict()}
+    )
     state.update(iteration=iteration, weights=name, optim=optim)
     write_json(out / "progress.json", state)
     for old in out.glob("iter*"):
