@@ -28,7 +28,7 @@ class LSTMStudent(nn.Module):
     def motor_size(self) -> int:
         return self.readout.out_features
 
-    def _split(self, h: torch.Tensor | None, batch: int, like: torch.Tensor):
+    def _split(self, h: torch.Tensor | None):
         if h is None:
             return None
         return h[:, : self.units].unsqueeze(0).contiguous(), h[:, self.units :].unsqueeze(
@@ -47,7 +47,7 @@ class LSTMStudent(nn.Module):
             e = x.new_zeros(B, T, 1)
         else:
             e = (torch.as_tensor(elapsed, dtype=x.dtype).expand(B, T) - 1.0).unsqueeze(-1)
-        out, (h, c) = self.lstm(torch.cat([x, e], -1), self._split(h0, B, x))
+        out, (h, c) = self.lstm(torch.cat([x, e], -1), self._split(h0))
         return self.readout(out), torch.cat([h[0], c[0]], -1)
 
     def step(
