@@ -1,12 +1,13 @@
 """Policy node control loop over real DDS: rate, period error, compute time, latency, swaps.
 
     .venv/bin/python benchmarks/ros_loop.py                      # 100, 500, 1000 Hz, 30 s each
-    .venv/bin/python benchmarks/ros_loop.py --duration 5 --rates 1000
+    .venv/bin/python benchmarks/ros_loop.py --duration 5 --rates 1000 --realtime-priority 80
 
-For each rate the policy node (its own process) runs a 6-joint LTC policy (AutoNCP 19 units,
-12 inputs, 6 actions) with JointState published at the control rate by another process, twice:
-without swaps, then with a `policy_path` swap every `--swap-period` seconds (alternating two valid
-files). Printed per run:
+For each rate and each `realtime_priority` of the node (default: 0 = normal scheduling, and 80 =
+SCHED_FIFO control thread, where the kernel allows it; the last lines say what each run got) the
+policy node (its own process) runs a 6-joint LTC policy (AutoNCP 19 units, 12 inputs, 6 actions)
+with JointState published at the control rate by another process, twice: without swaps, then with
+a `policy_path` swap every `--swap-period` seconds (alternating two valid files). Printed per run:
 
 - achieved rate, period error |period - 1/rate| p50/p99/max, compute time per tick p50/p99 and
   missed ticks: the node's own figures since activation (its /diagnostics `total_*` values,
@@ -68,7 +69,9 @@ def make_spec(rate_hz: float):
 
 
 def run_sensors(rate_hz: float, t_base: float) -> None:
-    """Publish JointState at `rate_hz`; joint_0's position is the send time - t_base (s)."""
+    """Publish JointState at `rate_hz` from a plain loop on absolute deadlines (as a driver thread
+    would; an rclpy timer costs this process about half a core at 1 kHz in executor dispatch);
+    joint_0's position is the send time - t_base (s)."""
     import rclpy
     from rclpy.node import Node
     from sensor_msgs.msg import JointState
@@ -80,15 +83,19 @@ def run_sensors(rate_hz: float, t_base: float) -> None:
     pub = node.create_publisher(JointState, "/joint_states", SENSOR_QOS)
     msg = JointState(name=JOINTS, position=[0.0] * 6, velocity=[0.0] * 6)
     position = [0.0] * 6
-
-    def tick() -> None:
-        position[0] = time.monotonic() - t_base
-        msg.position = position
-        pub.publish(msg)
-
-    node.create_timer(1.0 / rate_hz, tick)
+    period = 1.0 / rate_hz
+    deadline = time.monotonic()
     try:
-        rclpy.spin(node)
+        while rclpy.ok():
+            deadline += period
+            delay = deadline - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                deadline -= delay  # late: restart the grid rather than burst
+            position[0] = time.monotonic() - t_base
+            msg.position = position
+            pub.publish(msg)
     except (KeyboardInterrupt, Exception):  # noqa: BLE001 (SIGINT from the benchmark)
         pass
 
@@ -100,7 +107,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run_case(
-    rate: float, files: list[Path], duration: float, swap_period: float | None, log_dir: Path
+    rate: float,
+    files: list[Path],
+    duration: float,
+    swap_period: float | None,
+    log_dir: Path,
+    priority: int = 0,
 ) -> dict:
     from ros_harness import Harness, NodeProcess, diagnostic_values
 
@@ -113,6 +125,7 @@ def run_case(
         "debug": True,
         "sensor_timeout_s": 0.5,
         "control_rate_hz": rate,
+        "realtime_priority": priority,
     }
     sensors = NodeProcess(
         argv=[sys.executable, __file__, "--sensors", str(rate), "--t-base", repr(t_base)],
@@ -167,6 +180,8 @@ def run_case(
         lat = np.array(lat)
         return {
             "rate": rate,
+            "prio": priority,
+            "thread": d.get("control_thread", "?"),
             "swap": bool(swap_period),
             "achieved": float(d["total_achieved_rate_hz"]),
             "pe50": float(d["total_period_error_p50_ms"]),
@@ -194,6 +209,13 @@ def main() -> None:
     ap.add_argument("--rates", type=float, nargs="+", default=[100.0, 500.0, 1000.0])
     ap.add_argument("--duration", type=float, default=30.0, help="seconds per run")
     ap.add_argument("--swap-period", type=float, default=1.0, help="seconds between swaps")
+    ap.add_argument(
+        "--realtime-priority",
+        type=int,
+        nargs="+",
+        default=[0, 80],
+        help="the node's realtime_priority values to run (0 = normal scheduling)",
+    )
     ap.add_argument("--sensors", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--t-base", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -211,14 +233,15 @@ def main() -> None:
         f"{args.duration:g} s per run, swap every {args.swap_period:g} s"
     )
     print(
-        f"{'rate_hz':>7} {'swaps':>6} {'achieved':>8} {'perr_p50':>8} {'perr_p99':>8} {'perr_max':>8} "
+        f"{'rate_hz':>7} {'prio':>4} {'swaps':>6} {'achieved':>8} {'perr_p50':>8} {'perr_p99':>8} {'perr_max':>8} "
         f"{'comp_p50':>8} {'comp_p99':>8} {'lat_p50':>7} {'lat_p99':>7} {'ticks':>6} {'missed':>6} "
         f"{'m_swap':>6} {'swap_ms':>7} {'node_cpu':>8}"
     )
     print(
-        f"{'':>7} {'':>6} {'Hz':>8} {'ms':>8} {'ms':>8} {'ms':>8} {'us':>8} {'us':>8} {'ms':>7} "
+        f"{'':>7} {'':>4} {'':>6} {'Hz':>8} {'ms':>8} {'ms':>8} {'ms':>8} {'us':>8} {'us':>8} {'ms':>7} "
         f"{'ms':>7} {'':>6} {'':>6} {'':>6} {'ms':>7} {'%core':>8}"
     )
+    threads: dict[int, str] = {}
     for rate in args.rates:
         spec = make_spec(rate)
         files = []
@@ -227,15 +250,20 @@ def main() -> None:
             path = tmp / f"policy_{int(rate)}_{seed}.lcp"
             Policy(wiring, init_params(wiring, seed=seed), spec).save(path)
             files.append(path)
-        for swap in (None, args.swap_period):
-            r = run_case(rate, files, args.duration, swap, tmp / "logs")
-            print(
-                f"{r['rate']:7.0f} {r['swaps']:>6} {r['achieved']:8.1f} {r['pe50']:8.3f} {r['pe99']:8.3f} "
-                f"{r['pemax']:8.2f} {r['c50']:8.0f} {r['c99']:8.0f} {r['lat50']:7.2f} {r['lat99']:7.2f} "
-                f"{r['ticks']:6d} {r['missed']:6d} {r['missed_swap'] if r['swap'] else '-':>6} "
-                f"{r['swap_ms']:7.1f} {r['cpu']:8.0f}",
-                flush=True,
-            )
+        for priority in args.realtime_priority:
+            for swap in (None, args.swap_period):
+                r = run_case(rate, files, args.duration, swap, tmp / "logs", priority)
+                threads[priority] = r["thread"]
+                print(
+                    f"{r['rate']:7.0f} {r['prio']:4d} {r['swaps']:>6} {r['achieved']:8.1f} "
+                    f"{r['pe50']:8.3f} {r['pe99']:8.3f} {r['pemax']:8.2f} {r['c50']:8.0f} "
+                    f"{r['c99']:8.0f} {r['lat50']:7.2f} {r['lat99']:7.2f} {r['ticks']:6d} "
+                    f"{r['missed']:6d} {r['missed_swap'] if r['swap'] else '-':>6} "
+                    f"{r['swap_ms']:7.1f} {r['cpu']:8.0f}",
+                    flush=True,
+                )
+    for priority, thread in threads.items():
+        print(f"# prio {priority}: control thread {thread}")
 
 
 if __name__ == "__main__":

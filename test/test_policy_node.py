@@ -6,12 +6,16 @@ the policy with fresh sensors, as it found it.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from rcl_interfaces.srv import DescribeParameters
+from rclpy.serialization import serialize_message
 from ros_harness import Harness, NodeProcess, diagnostic_values, save_test_policy
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
@@ -28,6 +32,7 @@ TIMEOUT_S = 0.3
 SAFE = [0.5, -0.5]
 NODE = "/policy_node"
 JOINTS = ["j0", "j1"]
+CORE = min(os.sched_getaffinity(0))  # the control thread is pinned to it
 
 
 def joint_spec(joints=JOINTS, rate_hz: float = RATE_HZ) -> InterfaceSpec:
@@ -100,6 +105,8 @@ def rig(files):
         "sensor_timeout_s": TIMEOUT_S,
         "safe_action": "spec",
         "debug": True,
+        "realtime_priority": 10,
+        "cpu_affinity": [CORE],
     }
     with NodeProcess(
         "liquid_control.ros.policy_node", params=params, log_dir=files["log_dir"]
@@ -236,6 +243,7 @@ def test_reset_service_and_elapsed_time_stepping_match_numpy_policy(rig, files):
         ("inf", "non_finite"),
         ("wrong_length", "wrong_length"),
         ("missing_joint", "missing_joint"),
+        ("truncated_bytes", "malformed"),
     ],
 )
 def test_bad_messages_are_rejected_counted_and_never_reach_the_policy(rig, case, reason):
@@ -247,12 +255,16 @@ def test_bad_messages_are_rejected_counted_and_never_reach_the_policy(rig, case,
         msg.velocity = [math.inf, marker]
     elif case == "wrong_length":
         msg.velocity = [marker]
-    else:
+    elif case == "missing_joint":
         msg.name, msg.position, msg.velocity = ["j0"], [marker], [marker]
     before = latest_diagnostics(rig)
     t0 = time.monotonic()
     for _ in range(5):
-        rig.h.publish("/joint_states", msg, SENSOR_QOS)
+        if case == "truncated_bytes":  # serialized bytes cut short (the node takes raw bytes)
+            raw = bytes(serialize_message(msg))[:-20]
+            rig.h.publisher("/joint_states", "sensor_msgs/JointState", SENSOR_QOS).publish(raw)
+        else:
+            rig.h.publish("/joint_states", msg, SENSOR_QOS)
         time.sleep(0.03)
 
     def counted():
@@ -347,6 +359,11 @@ def test_diagnostics_report_rate_timing_inputs_and_policy(rig, files):
     assert float(diag["period_error_p50_ms"]) <= float(diag["period_error_max_ms"])
     assert diag["active_policy_hash"] == active_hash(rig)
     assert diag["state"] == "active" and diag["_message"] == "running the policy"
+    # realtime_priority 10 on core 0: granted, or refused with the reason (no CAP_SYS_NICE)
+    thread = diag["control_thread"]
+    assert thread == f"SCHED_FIFO priority 10, cores [{CORE}]" or (
+        "refused" in thread and "CAP_SYS_NICE" in thread
+    ), thread
 
 
 def test_parameters_have_descriptors_and_read_only_ones_refuse_changes(rig):
@@ -447,3 +464,19 @@ def test_swap_to_a_valid_policy_changes_the_hash_at_a_tick_boundary_without_miss
     # and back, so the module leaves the node as it found it
     (result,) = rig.h.set_parameters(NODE, {"policy_path": str(files["a"])})
     assert result.successful, result.reason
+
+
+@pytest.mark.parametrize(
+    "param, value, words",
+    [
+        ("cpu_affinity", "[9999]", ["cpu_affinity", "9999", "not available"]),
+        ("realtime_priority", "150", ["realtime_priority", "150"]),
+    ],
+)
+def test_a_bad_scheduling_parameter_stops_the_node_with_a_clear_error(files, param, value, words):
+    cmd = [sys.executable, "-m", "liquid_control.ros.policy_node", "--ros-args"]
+    cmd += ["-p", f"policy_path:={files['a']}", "-p", f"{param}:={value}"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    for w in words:
+        assert w in result.stderr, result.stderr[-2000:]

@@ -54,31 +54,36 @@ def _path_getter(path: str) -> Callable[[Any], Any]:
 def _read_joint_state(elements: list[ObservationElement]) -> Callable[[Any], np.ndarray]:
     wanted = [(e.key, e.field) for e in elements]
     used_fields = sorted({f for _, f in wanted})
-    cache: dict[tuple, list[int]] = {}
+    # field -> positions in the output; the joint indices per field are cached per name order
+    positions = {f: np.array([k for k, (_, g) in enumerate(wanted) if g == f]) for f in used_fields}
+    cache: dict[tuple, list[tuple[str, np.ndarray, np.ndarray]]] = {}
 
     def read(msg: Any) -> np.ndarray:
         names = tuple(msg.name)
-        idx = cache.get(names)
-        if idx is None:
+        plan = cache.get(names)
+        if plan is None:
             lookup = {n: i for i, n in enumerate(names)}
             missing = [k for k, _ in wanted if k not in lookup]
             if missing:
                 raise MessageRejected(
                     "missing_joint", f"joints {sorted(set(missing))} not in {list(names)}"
                 )
-            idx = [lookup[k] for k, _ in wanted]
+            plan = [
+                (f, positions[f], np.array([lookup[k] for k, g in wanted if g == f]))
+                for f in used_fields
+            ]
             if len(cache) > 8:
                 cache.clear()
-            cache[names] = idx
-        arrays = {}
-        for f in used_fields:
+            cache[names] = plan
+        out = np.empty(len(wanted))
+        for f, pos, idx in plan:
             arr = getattr(msg, f)
             if len(arr) != len(names):
                 raise MessageRejected(
                     "wrong_length", f"JointState.{f} has {len(arr)} values for {len(names)} names"
                 )
-            arrays[f] = arr
-        return np.array([arrays[f][i] for (_, f), i in zip(wanted, idx, strict=True)], np.float64)
+            out[pos] = np.asarray(arr, np.float64)[idx]
+        return out
 
     return read
 

@@ -49,6 +49,7 @@ the DDS receive time of each message on system time, and the tick that takes it 
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import signal
@@ -61,7 +62,12 @@ from typing import Any
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    SetParametersResult,
+)
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.duration import Duration
 from rclpy.exceptions import InvalidHandle, ParameterUninitializedException
@@ -92,6 +98,7 @@ from .messages import (
     output_qos,
 )
 from .stats import LoopStats
+from .wire import Malformed, SerializedTemplate, TemplateUnsupported, decoder_for
 
 SAFE_ACTIONS = ("zero", "hold", "spec")
 DEBUG_TOPIC = "~/observation"
@@ -138,6 +145,19 @@ PARAMETERS: dict[str, tuple[Any, str, dict[str, Any]]] = {
         {"range": (0.0, 1.0e9)},
     ),
     "debug": (False, "Publish ~/observation (raw observation, dt and action of each tick).", {}),
+    "realtime_priority": (
+        0,
+        "SCHED_FIFO priority (1-99) of the control thread; 0 = normal scheduling. Needs "
+        "CAP_SYS_NICE or an rtprio limit (e.g. '@realtime - rtprio 98' in "
+        "/etc/security/limits.conf); if the kernel refuses, the loop runs at normal priority and "
+        "diagnostics say why.",
+        {"read_only": True, "int_range": (0, 99)},
+    ),
+    "cpu_affinity": (
+        Parameter.Type.INTEGER_ARRAY,
+        "CPU cores the control thread may run on (empty: any core).",
+        {"read_only": True},
+    ),
 }
 
 
@@ -170,6 +190,9 @@ class PolicyNode(LifecycleNode):
                 read_only=extra.get("read_only", False),
                 additional_constraints=extra.get("additional_constraints", ""),
             )
+            if "int_range" in extra:
+                lo, hi = extra["int_range"]
+                descriptor.integer_range = [IntegerRange(from_value=lo, to_value=hi, step=1)]
             if "range" in extra:
                 lo, hi = extra["range"]
                 descriptor.floating_point_range = [
@@ -183,6 +206,19 @@ class PolicyNode(LifecycleNode):
         self._reset_on_resume = bool(p("reset_on_resume"))
         self._max_action_rate = float(p("max_action_rate"))
         self._debug = bool(p("debug"))
+        self._realtime_priority = int(p("realtime_priority"))
+        self._cpu_affinity = [int(c) for c in p("cpu_affinity")]
+        self._realtime_status = "normal scheduling"
+        if not 0 <= self._realtime_priority <= 99:
+            raise ValueError(
+                f"parameter realtime_priority: expected 0 (off) to 99, got {self._realtime_priority}"
+            )
+        available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        if self._cpu_affinity and not set(self._cpu_affinity) <= set(available):
+            raise ValueError(
+                f"parameter cpu_affinity: cores {sorted(set(self._cpu_affinity) - set(available))} "
+                f"are not available to this process; expected a subset of {available}"
+            )
         if self._safe_mode not in SAFE_ACTIONS:
             raise ValueError(
                 f"parameter safe_action: expected one of {SAFE_ACTIONS}, got {self._safe_mode!r}"
@@ -316,10 +352,11 @@ class PolicyNode(LifecycleNode):
         self._pending: Policy | None = None
         self._assembler: ObservationAssembler | None = None
         self._writer: ActionWriter | None = None
-        self._outputs: list[tuple[str, Any, str, Any]] = []  # (topic, publisher, type, message)
+        # (topic, publisher, type, message, action slots, serialized template or None)
+        self._outputs: list[tuple[str, Any, str, Any, np.ndarray, Any]] = []
         self._diag_timer = None
         self._loop_node: Node | None = None
-        self._inputs: list[tuple[str, Any]] = []  # (spec topic, subscription)
+        self._inputs: list[tuple[str, Any, Any]] = []  # (spec topic, subscription, decoder)
         self._loop_thread: threading.Thread | None = None
         self._loop_stop = threading.Event()
         self._period_s = 0.0
@@ -347,6 +384,8 @@ class PolicyNode(LifecycleNode):
         self._swap_loading = False
         self._pub_active = self._pub_is_safe = self._pub_diag = self._pub_debug = None
         self._debug_msg: Float64MultiArray | None = None
+        self._debug_values = np.zeros(0)
+        self._debug_template: SerializedTemplate | None = None
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         path = str(self._param("policy_path"))
@@ -398,20 +437,31 @@ class PolicyNode(LifecycleNode):
                 loop.create_subscription(
                     message_class(msg_type), resolve(topic), _taken_by_the_loop, input_qos(msg_type)
                 ),
+                decoder_for(message_class(msg_type)),
             )
             for topic, msg_type in spec.observation_topics().items()
         ]
-        self._outputs = [
-            (
-                topic,
-                loop.create_publisher(
-                    message_class(msg_type), resolve(topic), output_qos(msg_type)
-                ),
-                msg_type,
-                make_message(msg_type),
+        self._outputs = []
+        for topic, msg_type in spec.action_topics().items():
+            msg, slots = make_message(msg_type), self._writer.topics[topic][1]
+            self._outputs.append(
+                (
+                    topic,
+                    loop.create_publisher(
+                        message_class(msg_type), resolve(topic), output_qos(msg_type)
+                    ),
+                    msg_type,
+                    msg,
+                    slots,
+                    _template(
+                        msg_type,
+                        lambda m, v, t=topic, mt=msg_type, s=slots: self._fill_output(
+                            t, mt, m, _scatter(v, s, spec.action_dim)
+                        ),
+                        slots.size,
+                    ),
+                )
             )
-            for topic, msg_type in spec.action_topics().items()
-        ]
         self._pub_debug = loop.create_publisher(
             Float64MultiArray, resolve(DEBUG_TOPIC), COMMAND_QOS
         )
@@ -425,6 +475,13 @@ class PolicyNode(LifecycleNode):
             "publisher", self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
         )
         self._debug_msg = _debug_message(spec)
+        self._debug_values = np.zeros(3 + spec.obs_dim + spec.action_dim)
+        self._debug_template = _template(
+            "std_msgs/Float64MultiArray",
+            lambda m, v: setattr(m, "data", v.tolist()),
+            self._debug_values.size,
+            self._debug_msg,
+        )
         # Latched writers keep their last sample for late joiners; a plain reliable reader also
         # hears volatile writers (`ros2 topic pub` without --qos-durability), so listen to both.
         for qos in (LATCHED_QOS, RELIABLE_QOS):
@@ -472,6 +529,9 @@ class PolicyNode(LifecycleNode):
             self._waiting = True
             self._needs_reset = False
         ret = super().on_activate(state)
+        # Objects alive now (policy, messages, rclpy) leave the garbage collector's young
+        # generations: collections that run inside a tick then scan only what the loop allocates.
+        gc.freeze()
         self._loop_stop = threading.Event()
         self._loop_thread = threading.Thread(
             target=self._run_loop, args=(self._loop_stop,), name="control_loop", daemon=True
@@ -538,11 +598,14 @@ class PolicyNode(LifecycleNode):
             with self._input_lock:
                 self._assembler.update(topic, msg, now_s)
         except MessageRejected as exc:
-            self._rejected[exc.reason] += 1
-            self._last_rejection[exc.reason] = f"{topic}: {exc.detail}"
-            self.get_logger().warning(
-                f"rejected a message on {topic}: {exc}", throttle_duration_sec=1.0
-            )
+            self._reject(topic, exc)
+
+    def _reject(self, topic: str, exc: MessageRejected) -> None:
+        self._rejected[exc.reason] += 1
+        self._last_rejection[exc.reason] = f"{topic}: {exc.detail}"
+        self.get_logger().warning(
+            f"rejected a message on {topic}: {exc}", throttle_duration_sec=1.0
+        )
 
     def _on_estop(self, msg: Bool) -> None:
         if bool(msg.data) != self._estop:
@@ -586,6 +649,7 @@ class PolicyNode(LifecycleNode):
         ones and stays on the grid (as rcl timers do). With use_sim_time the deadlines are in
         /clock time; a clock that jumps back (simulation reset) restarts the grid.
         """
+        self._realtime_status = self._apply_thread_scheduling()
         clock = self.get_clock()
         period_ns = int(round(self._period_s * 1e9))
         deadline = clock.now().nanoseconds + period_ns
@@ -598,13 +662,52 @@ class PolicyNode(LifecycleNode):
             elif deadline - now > 2 * period_ns:
                 deadline = now + period_ns
 
+    def _apply_thread_scheduling(self) -> str:
+        """Pin and prioritise the calling (control) thread as the parameters ask; a refusal is
+        logged and reported, and the loop runs on at normal priority (the robot keeps its loop)."""
+        status = []
+        if self._cpu_affinity:
+            try:
+                os.sched_setaffinity(0, self._cpu_affinity)  # 0 = the calling thread on Linux
+                status.append(f"cores {self._cpu_affinity}")
+            except (OSError, AttributeError) as exc:
+                status.append(f"cpu_affinity {self._cpu_affinity} refused ({exc})")
+        if self._realtime_priority > 0:
+            try:
+                param = os.sched_param(self._realtime_priority)
+                os.sched_setscheduler(0, os.SCHED_FIFO, param)
+                status.insert(0, f"SCHED_FIFO priority {self._realtime_priority}")
+            except (OSError, AttributeError) as exc:
+                status.insert(
+                    0,
+                    f"normal scheduling: SCHED_FIFO priority {self._realtime_priority} refused "
+                    f"({exc}); grant CAP_SYS_NICE or an rtprio limit",
+                )
+        text = ", ".join(status) or "normal scheduling"
+        if "refused" in text:
+            self.get_logger().warning(f"control thread: {text}")
+        elif status:
+            self.get_logger().info(f"control thread: {text}")
+        return text
+
     def _take_inputs(self, now_s: float) -> None:
-        """Take every message that arrived since the last tick (each validated, newest wins)."""
+        """Take every message that arrived since the last tick (each validated, newest wins).
+
+        Messages are taken serialized and decoded by `wire` (no rclpy message objects on the
+        control path); a type `wire` does not decode is taken as an rclpy message."""
         use_receive_time = not self.get_clock().ros_time_is_active
-        for topic, sub in self._inputs:
+        for topic, sub, decode in self._inputs:
             with sub.handle:
-                while (taken := sub.handle.take_message(sub.msg_type, sub.raw)) is not None:
+                while (
+                    taken := sub.handle.take_message(sub.msg_type, decode is not None)
+                ) is not None:
                     msg, info = taken
+                    if decode is not None:
+                        try:
+                            msg = decode(msg)
+                        except Malformed as exc:
+                            self._reject(topic, MessageRejected("malformed", str(exc)))
+                            continue
                     # On system time the DDS receive time is exact; on /clock time (simulation)
                     # a message counts as received at the tick that takes it.
                     received = info.get("received_timestamp", 0) if use_receive_time else 0
@@ -688,25 +791,33 @@ class PolicyNode(LifecycleNode):
             return self._spec_action
         return self._zero_action
 
+    def _fill_output(self, topic: str, msg_type: str, msg: Any, action: np.ndarray) -> None:
+        self._writer.fill(topic, msg, action, make_message)  # every field is rewritten
+        if msg_type == "trajectory_msgs/JointTrajectory":
+            # Stamp zero = start now; reach the point within one control period.
+            msg.points[0].time_from_start = Duration(seconds=self._period_s).to_msg()
+
     def _publish_action(self, action: np.ndarray) -> None:
-        for topic, pub, msg_type, msg in self._outputs:
-            self._writer.fill(topic, msg, action, make_message)  # every field is rewritten
-            if msg_type == "trajectory_msgs/JointTrajectory":
-                # Stamp zero = start now; reach the point within one control period.
-                msg.points[0].time_from_start = Duration(seconds=self._period_s).to_msg()
-            pub.publish(msg)
+        for topic, pub, msg_type, msg, slots, template in self._outputs:
+            if template is not None:
+                pub.publish(template.serialize(action[slots]))
+            else:
+                self._fill_output(topic, msg_type, msg, action)
+                pub.publish(msg)
         self._prev_action = action
 
     def _publish_debug(self, raw: np.ndarray, action: np.ndarray, dt: float | None) -> None:
-        msg = self._debug_msg
-        msg.data = [
-            float(self._stats.ticks),
-            dt if dt is not None else self._period_s,
-            float(self._steps_since_reset),
-            *raw.tolist(),
-            *np.asarray(action, np.float64).tolist(),
-        ]
-        self._pub_debug.publish(msg)
+        values = self._debug_values
+        values[0] = self._stats.ticks
+        values[1] = dt if dt is not None else self._period_s
+        values[2] = self._steps_since_reset
+        values[3 : 3 + raw.size] = raw
+        values[3 + raw.size :] = action
+        if self._debug_template is not None:
+            self._pub_debug.publish(self._debug_template.serialize(values))
+        else:
+            self._debug_msg.data = values.tolist()
+            self._pub_debug.publish(self._debug_msg)
 
     def _publish_is_safe(self, safe: bool) -> None:
         self._safe_now = safe
@@ -740,6 +851,7 @@ class PolicyNode(LifecycleNode):
             "active_policy": self._policy.path,
             "active_policy_hash": self._policy.content_hash,
             "control_rate_hz": 1.0 / self._period_s,
+            "control_thread": self._realtime_status,
             **{k: v for k, v in window.items()},
             **{f"total_{k}": v for k, v in total.items()},
             "stale_inputs": ", ".join(stale),
@@ -811,6 +923,23 @@ def _spec_safe_action(spec: InterfaceSpec) -> np.ndarray:
             f"[{spec.action_low[i]}, {spec.action_high[i]}] of action {spec.actions[i].name!r}"
         )
     return vec
+
+
+def _scatter(values: np.ndarray, slots: np.ndarray, size: int) -> np.ndarray:
+    full = np.zeros(size)
+    full[slots] = values
+    return full
+
+
+def _template(
+    msg_type: str, fill: Any, n: int, msg: Any | None = None
+) -> SerializedTemplate | None:
+    """The serialized fast path of an output (None: publish rclpy messages, as for any type whose
+    changing values are not plain float64 fields)."""
+    try:
+        return SerializedTemplate(msg if msg is not None else make_message(msg_type), fill, n)
+    except TemplateUnsupported:
+        return None
 
 
 def _debug_message(spec: InterfaceSpec) -> Float64MultiArray:
