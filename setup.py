@@ -33,6 +33,7 @@ ROS_WHEELS = [
     "ros-rosgraph-msgs",
     "ros-trajectory-msgs",
     "ros-lifecycle-msgs",
+    "ros-rosidl-parser",  # type descriptions for the serialized fast path (liquid_control.ros.wire)
 ]
 
 setup(

@@ -39,8 +39,12 @@ Threads: the loop is a dedicated control thread that sleeps to absolute deadline
 clock (polling /clock time with use_sim_time), takes the newest input messages itself and publishes
 the commands; the subscriptions and command publishers live on a companion node ``<name>_io`` that
 no executor spins. No rclpy executor dispatch (about 0.3 ms of Python per callback) lies on the
-control path. This node's parameters (swaps), services, estop and diagnostics run on a
-multi-threaded executor beside it. Topic names are resolved (remapped) by this node. Staleness uses
+control path, and no rclpy message objects either: inputs are taken as serialized bytes and decoded
+by `wire` into numpy views, and commands are published as pre-serialized bytes with only the action
+values patched in (types `wire` cannot handle take the ordinary rclpy path). ``realtime_priority``
+(SCHED_FIFO) and ``cpu_affinity`` apply to the control thread alone; the garbage collector's
+current objects are frozen at activation. This node's parameters (swaps), services, estop and
+diagnostics run on a multi-threaded executor beside it. Topic names are resolved (remapped) by this node. Staleness uses
 the DDS receive time of each message on system time, and the tick that takes it on /clock time.
 
 ``~/observation`` (std_msgs/Float64MultiArray, only with ``debug``): per tick
