@@ -14,7 +14,12 @@ pytest.importorskip("rclpy")
 from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
 
 from liquid_control.core.adapters import MessageRejected, ObservationAssembler  # noqa: E402
-from liquid_control.core.spec import ActionElement, InterfaceSpec, ObservationElement  # noqa: E402
+from liquid_control.core.spec import (  # noqa: E402
+    OBSERVATION_TYPES,
+    ActionElement,
+    InterfaceSpec,
+    ObservationElement,
+)  # noqa: E402
 from liquid_control.ros.messages import message_class  # noqa: E402
 from liquid_control.ros.wire import (  # noqa: E402
     Malformed,
@@ -22,15 +27,6 @@ from liquid_control.ros.wire import (  # noqa: E402
     TemplateUnsupported,
     decoder_for,
 )
-
-INPUT_TYPES = [
-    "sensor_msgs/JointState",
-    "sensor_msgs/Imu",
-    "sensor_msgs/LaserScan",
-    "nav_msgs/Odometry",
-    "geometry_msgs/Twist",
-    "std_msgs/Float64MultiArray",
-]
 
 floats = st.floats(allow_nan=True, allow_infinity=True, width=64)
 names = st.text(
@@ -92,7 +88,7 @@ def messages(draw, msg_type: str):
     return msg
 
 
-@pytest.mark.parametrize("msg_type", INPUT_TYPES)
+@pytest.mark.parametrize("msg_type", OBSERVATION_TYPES)
 def test_every_input_type_decodes_exactly_as_rclpy(msg_type: str) -> None:
     decode = decoder_for(message_class(msg_type))
     assert decode is not None

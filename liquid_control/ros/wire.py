@@ -252,11 +252,10 @@ class SerializedTemplate:
         self._buf = bytearray(buf)
         self._bytes = np.frombuffer(self._buf, np.uint8)
         self._index = np.asarray(offsets)[:, None] + np.arange(8)[None, :]
-        self._cls = type(msg)
         # self-check: patched bytes must decode to exactly what the normal path fills
         check = np.linspace(-3.5, 7.25, n) if n else np.zeros(0)
         fill(msg, check)
-        if deserialize_message(self.serialize(check), self._cls) != msg:
+        if deserialize_message(self.serialize(check), type(msg)) != msg:
             raise TemplateUnsupported(
                 f"{type(msg).__name__}: patched bytes differ from the message"
             )
