@@ -121,7 +121,7 @@ class LTCCell:
 
     def __post_init__(self) -> None:
         p = {k: np.asarray(v, np.float64) for k, v in self.params.items()}
-        n, m = self.wiring.units, self.wiring.output_dim
+        n = self.wiring.units
         src, dst = np.nonzero(self.wiring.adjacency)
         ssrc, sdst = np.nonzero(self.wiring.sensory_adjacency)
         k = src.size
@@ -155,13 +155,42 @@ class LTCCell:
         const_num = p["gleak"] * p["vleak"] + half_num + shalf_num
         const_den = p["gleak"] + half_den + shalf_den + self.epsilon
         self._cm_unfolds = p["cm"] * self.ode_unfolds
-        self._diag = (np.arange(k, k + n), np.arange(n))
         # Fold the input affine map into the sensory tanh arguments: [x, 1] @ Gs.
         gs = self._Gs
         gs[-1] += p["input_b"] @ gs[:-1]
         gs[:-1] *= p["input_w"][:, None]
         self._const = np.concatenate([const_num, const_den])
         self._out_w, self._out_b = p["output_w"], p["output_b"]
+        self._init_buffers()
+
+    # The precomputed arrays `step` reads: all a process needs to run the cell (see `runtime`).
+    RUNTIME = ("_G", "_Gs", "_M", "_Ms", "_const", "_cm_unfolds", "_out_w", "_out_b")
+
+    def runtime(self) -> dict[str, np.ndarray]:
+        """The precomputed arrays (copies), from which `from_runtime` rebuilds the cell in tens of
+        microseconds (the policy node hands a swapped policy to its control process this way)."""
+        out = {name[1:]: getattr(self, name).copy() for name in self.RUNTIME}
+        out["ode_unfolds"] = np.array(self.ode_unfolds)
+        return out
+
+    @classmethod
+    def from_runtime(cls, arrays: dict[str, np.ndarray]) -> LTCCell:
+        """The cell whose `runtime()` gave `arrays` (no wiring or parameters attached)."""
+        cell = cls.__new__(cls)
+        cell.wiring, cell.params, cell.epsilon = None, None, float("nan")  # type: ignore[assignment]
+        cell.ode_unfolds = int(arrays["ode_unfolds"])
+        for name in cls.RUNTIME:
+            setattr(cell, name, np.array(arrays[name[1:]], np.float64))
+        n2 = cell._const.size
+        if n2 % 2 or cell._M.shape[1] != n2 or cell._Ms.shape[1] != n2:
+            raise ValueError(f"LTC runtime arrays: inconsistent shapes {cell._M.shape}, {n2}")
+        cell._init_buffers()
+        return cell
+
+    def _init_buffers(self) -> None:
+        n, m = self._const.size // 2, self._out_w.size
+        k = self._M.shape[0] - n - 1
+        self._diag = (np.arange(k, k + n), np.arange(n))
         self._k, self._n, self._m = k, n, m
         # Work buffers and their views, made once: the step allocates almost nothing.
         self._u = np.zeros(k + n + 1)  # [t, v, 1]
@@ -169,7 +198,7 @@ class LTCCell:
         self._t, self._v, self._v1 = self._u[:k], self._u[k : k + n], self._u[k:]
         self._nd = np.zeros(2 * n)
         self._num, self._den = self._nd[:n], self._nd[n:]
-        self._xs = np.ones(self.wiring.input_dim + 1)  # [x, 1]
+        self._xs = np.ones(self._Gs.shape[0])  # [x, 1]
         self._x = self._xs[:-1]
         self._last_row, self._last_row_den = self._M[-1], self._M[-1, n:]
 
@@ -182,7 +211,7 @@ class LTCCell:
 
     @property
     def units(self) -> int:
-        return self.wiring.units
+        return self._n
 
     def zero_state(self) -> np.ndarray:
         return np.zeros(self.units)
