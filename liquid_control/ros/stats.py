@@ -4,6 +4,11 @@ Two views of the same samples, both cheap enough for a 1 kHz loop (a few array w
 - a rolling window (what /diagnostics reports each second),
 - log-binned histograms since the last `clear()` (whole-run percentiles to within 1 %, for the
   benchmark), and exact maxima.
+
+All the state lives in one float64 array, which may be a view of shared memory: the control process
+records into it and the node's process reads the figures from it (`LoopStats(period, storage)`),
+so the loop spends no time computing percentiles. A reader may see a sample being written; the
+figures are statistics, and a torn sample changes them by at most one sample.
 """
 
 from __future__ import annotations
@@ -14,44 +19,80 @@ import numpy as np
 
 
 class Window:
-    """Fixed-capacity ring of float samples; `take()` returns the samples since the last take."""
+    """Fixed-capacity ring of float samples; `take()` returns the samples since the last take.
 
-    def __init__(self, capacity: int = 8192) -> None:
-        self._buf = np.zeros(capacity)
-        self._n = 0  # samples added in total
-        self._taken = 0  # value of _n at the last take
+    `storage`: capacity + 1 float64s (the samples, then the count); the reader's position
+    (`take`) is its own."""
+
+    def __init__(self, capacity: int = 8192, storage: np.ndarray | None = None) -> None:
+        self._store = np.zeros(capacity + 1) if storage is None else storage
+        self._buf = self._store[:-1]
+        self._taken = 0  # value of the count at the last take
+
+    @staticmethod
+    def size(capacity: int) -> int:
+        return capacity + 1
+
+    @property
+    def _n(self) -> int:
+        return int(self._store[-1])
 
     def add(self, x: float) -> None:
-        self._buf[self._n % self._buf.size] = x
-        self._n += 1
+        n = int(self._store[-1])
+        self._buf[n % self._buf.size] = x
+        self._store[-1] = n + 1
 
     def take(self) -> np.ndarray:
         """Samples added since the previous call (the newest `capacity` at most)."""
-        count = min(self._n - self._taken, self._buf.size)
-        self._taken = self._n
+        n = self._n
+        if n < self._taken:  # cleared by the writer since the last take
+            self._taken = 0
+        count = min(n - self._taken, self._buf.size)
+        self._taken = n
         if count == 0:
             return np.zeros(0)
-        idx = np.arange(self._n - count, self._n) % self._buf.size
+        idx = np.arange(n - count, n) % self._buf.size
         return self._buf[idx].copy()
 
     def clear(self) -> None:
-        self._n = self._taken = 0
+        self._store[-1] = 0
+        self._taken = 0
 
 
 class LogHistogram:
-    """Counts of positive samples in log-spaced bins (`per_decade` bins per factor 10)."""
+    """Counts of positive samples in log-spaced bins (`per_decade` bins per factor 10).
 
-    def __init__(self, lo: float = 1e-7, hi: float = 100.0, per_decade: int = 230) -> None:
-        self.lo, self.per_decade = lo, per_decade
-        self.bins = int(math.ceil(math.log10(hi / lo) * per_decade)) + 1
-        self.counts = np.zeros(self.bins + 1, np.int64)  # bin 0 holds samples below lo
-        self.max = 0.0
-        self.n = 0
+    `storage`: `LogHistogram.size()` float64s (the counts, then max and n)."""
+
+    LO, HI, PER_DECADE = 1e-7, 100.0, 230
+
+    def __init__(self, storage: np.ndarray | None = None) -> None:
+        self.lo, self.per_decade = self.LO, self.PER_DECADE
+        self.bins = self._bins()
+        self._store = np.zeros(self.size()) if storage is None else storage
+        self.counts = self._store[: self.bins + 1]  # bin 0 holds samples below lo
+
+    @classmethod
+    def _bins(cls) -> int:
+        return int(math.ceil(math.log10(cls.HI / cls.LO) * cls.PER_DECADE)) + 1
+
+    @classmethod
+    def size(cls) -> int:
+        return cls._bins() + 3
+
+    @property
+    def max(self) -> float:
+        return float(self._store[-2])
+
+    @property
+    def n(self) -> int:
+        return int(self._store[-1])
 
     def add(self, x: float) -> None:
-        if x > self.max:
-            self.max = x
-        self.n += 1
+        store = self._store
+        if x > store[-2]:
+            store[-2] = x
+        store[-1] += 1
         if x < self.lo:
             self.counts[0] += 1
         else:
@@ -59,17 +100,16 @@ class LogHistogram:
 
     def percentile(self, q: float) -> float:
         """Upper edge of the bin holding the q-th percentile (0 < q <= 100); nan when empty."""
-        if self.n == 0:
+        n = self.n
+        if n == 0:
             return math.nan
-        k = int(np.searchsorted(np.cumsum(self.counts), math.ceil(q / 100.0 * self.n)))
+        k = int(np.searchsorted(np.cumsum(self.counts), math.ceil(q / 100.0 * n)))
         if k == 0:
             return self.lo
         return min(self.lo * 10.0 ** (k / self.per_decade), self.max)
 
     def clear(self) -> None:
-        self.counts[:] = 0
-        self.max = 0.0
-        self.n = 0
+        self._store[:] = 0
 
 
 class LoopStats:
@@ -77,33 +117,66 @@ class LoopStats:
 
     `record(period_s, compute_s)` once per tick (period None on the first tick after a start);
     a tick whose period exceeds 1.5 nominal periods counts round(period / nominal) - 1 missed ticks.
+    `storage` (optional): `LoopStats.size(window)` float64s holding all the state, e.g. a view of
+    shared memory that another process reads through its own `LoopStats` on the same storage.
     """
 
-    def __init__(self, period_s: float, window: int = 8192) -> None:
+    COUNTERS = ("ticks", "missed_ticks", "missed_ticks_during_swaps", "elapsed_s")
+
+    def __init__(
+        self, period_s: float, window: int = 8192, storage: np.ndarray | None = None
+    ) -> None:
         self.period_s = float(period_s)
-        self._periods = Window(window)
-        self._compute = Window(window)
-        self.period_error_hist = LogHistogram()
-        self.compute_hist = LogHistogram()
-        self.ticks = 0
-        self.missed_ticks = 0
-        self.missed_ticks_during_swaps = 0
-        self.elapsed_s = 0.0  # sum of measured periods since clear()
+        store = np.zeros(self.size(window)) if storage is None else storage
+        if store.shape != (self.size(window),):
+            raise ValueError(
+                f"LoopStats storage: expected {self.size(window)} float64s, got {store.shape}"
+            )
+        w, h = Window.size(window), LogHistogram.size()
+        self._counters = store[: len(self.COUNTERS)]
+        at = len(self.COUNTERS)
+        self._periods = Window(window, store[at : at + w])
+        self._compute = Window(window, store[at + w : at + 2 * w])
+        at += 2 * w
+        self.period_error_hist = LogHistogram(store[at : at + h])
+        self.compute_hist = LogHistogram(store[at + h : at + 2 * h])
+
+    @classmethod
+    def size(cls, window: int = 8192) -> int:
+        return len(cls.COUNTERS) + 2 * Window.size(window) + 2 * LogHistogram.size()
+
+    @property
+    def ticks(self) -> int:
+        return int(self._counters[0])
+
+    @property
+    def missed_ticks(self) -> int:
+        return int(self._counters[1])
+
+    @property
+    def missed_ticks_during_swaps(self) -> int:
+        return int(self._counters[2])
+
+    @property
+    def elapsed_s(self) -> float:
+        """Sum of the measured periods since clear()."""
+        return float(self._counters[3])
 
     def record(self, period_s: float | None, compute_s: float, swapping: bool = False) -> None:
-        self.ticks += 1
+        c = self._counters
+        c[0] += 1
         self._compute.add(compute_s)
         self.compute_hist.add(compute_s)
         if period_s is None:
             return
-        self.elapsed_s += period_s
+        c[3] += period_s
         self._periods.add(period_s)
         self.period_error_hist.add(abs(period_s - self.period_s))
         if period_s > 1.5 * self.period_s:
             missed = int(round(period_s / self.period_s)) - 1
-            self.missed_ticks += missed
+            c[1] += missed
             if swapping:
-                self.missed_ticks_during_swaps += missed
+                c[2] += missed
 
     def window_summary(self) -> dict[str, float]:
         """Figures over the ticks since the previous call (the diagnostics window)."""
@@ -139,9 +212,8 @@ class LoopStats:
         }
 
     def clear(self) -> None:
+        self._counters[:] = 0
         self._periods.clear()
         self._compute.clear()
         self.period_error_hist.clear()
         self.compute_hist.clear()
-        self.ticks = self.missed_ticks = self.missed_ticks_during_swaps = 0
-        self.elapsed_s = 0.0
