@@ -13,6 +13,8 @@ only absorbs the sim-time stamps' rounding to whole nanoseconds in the policy no
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from ros_harness import Harness, NodeProcess, save_test_policy
@@ -98,6 +100,19 @@ def over_ros(
                     f"sim subscribed to {topic}",
                     sim,
                 )
+            # The control process takes /clock itself: it must hear the first tick's clock.
+            h.wait_for(
+                lambda: any(
+                    i.node_name == "policy_node_io"
+                    for i in h.node.get_subscriptions_info_by_topic("/clock")
+                ),
+                30,
+                "the policy's control process subscribed to /clock",
+                policy,
+            )
+            # The graph above is this harness's view; each pair of processes matches its own
+            # writers and readers a little later, and lock-step sends each tick's messages once.
+            time.sleep(2.0)
             h.call("/sim_node/pause", "std_srvs/SetBool", _set_bool(False), timeout_s=30)
             h.wait_for(
                 lambda: all(len(c) >= ticks for c in commands.values()),

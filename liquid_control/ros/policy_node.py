@@ -29,23 +29,26 @@ Safety layer (between the policy and the actuators):
 robot (safe action, or nothing published: inactive, waiting for inputs). ``~/active_policy``
 (latched std_msgs/String) is ``<path> <content hash>``.
 
-Policy swap: setting ``policy_path`` loads and validates the file in the parameter service thread (never
-on the control path): inside ``allowed_policy_dirs``, a valid policy file, an interface spec that fits
-the running one (same channels, same control rate), one finite dry inference. The new policy then
-replaces the old one by a single reference swap at the start of the next tick, with a fresh hidden
-state; a failed check refuses the parameter with the reason, and the old policy keeps running.
+Policy swap: setting ``policy_path`` loads and validates the file in this node's parameter service
+thread (never on the control path): inside ``allowed_policy_dirs``, a valid policy file, an interface
+spec that fits the running one (same channels, same control rate), one finite dry inference on the
+newest observation. The control process then puts the new policy in place between two ticks, with a
+fresh hidden state; a failed check refuses the parameter with the reason, and the old policy keeps
+running.
 
-Threads: the loop is a dedicated control thread that sleeps to absolute deadlines on the node
-clock (polling /clock time with use_sim_time), takes the newest input messages itself and publishes
-the commands; the subscriptions and command publishers live on a companion node ``<name>_io`` that
-no executor spins. No rclpy executor dispatch (about 0.3 ms of Python per callback) lies on the
-control path, and no rclpy message objects either: inputs are taken as serialized bytes and decoded
-by `wire` into numpy views, and commands are published as pre-serialized bytes with only the action
-values patched in (types `wire` cannot handle take the ordinary rclpy path). ``realtime_priority``
-(SCHED_FIFO) and ``cpu_affinity`` apply to the control thread alone; the garbage collector's
-current objects are frozen at activation. This node's parameters (swaps), services, estop and
-diagnostics run on a multi-threaded executor beside it. Topic names are resolved (remapped) by this node. Staleness uses
-the DDS receive time of each message on system time, and the tick that takes it on /clock time.
+Processes: the loop runs in a control process of its own (`control_loop`, started at configure,
+stopped at cleanup), so no Python work of this node (parameter services, swaps, diagnostics, the
+executor) ever competes with a tick for the interpreter lock. Its control thread sleeps to absolute
+deadlines on the node clock (polling /clock with use_sim_time), takes the newest input and estop
+messages itself and publishes the commands, from a companion node ``<name>_io`` that no executor
+spins: inputs are taken as serialized bytes and decoded by `wire` into numpy views, commands are
+published as pre-serialized bytes with only the action values patched in. ``realtime_priority``
+(SCHED_FIFO) and ``cpu_affinity`` apply to that thread. This node keeps the lifecycle, parameters,
+``~/reset``, ``~/enable``, ``~/is_safe``, ``~/active_policy`` and /diagnostics, and reads the loop's
+timing figures from memory shared with the control process. If this node dies, the control process
+publishes the safe action once and exits; if the control process dies, this node reports it
+(diagnostics ERROR, ``~/is_safe`` true). Topic names are resolved (remapped) by this node. Staleness
+uses the DDS receive time of each message on system time, and the tick that takes it on /clock time.
 
 ``~/observation`` (std_msgs/Float64MultiArray, only with ``debug``): per tick
 ``[tick, dt_s, steps_since_reset, *raw_observation, *action]`` (labels in ``layout.dim``).
@@ -53,14 +56,11 @@ the DDS receive time of each message on system time, and the tick that takes it 
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 import signal
 import sys
 import threading
-import time
-from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -73,7 +73,6 @@ from rcl_interfaces.msg import (
     SetParametersResult,
 )
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.duration import Duration
 from rclpy.exceptions import InvalidHandle, ParameterUninitializedException
 from rclpy.executors import (
     Executor,
@@ -81,28 +80,17 @@ from rclpy.executors import (
     MultiThreadedExecutor,
 )
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
-from std_msgs.msg import Bool, Float64MultiArray, MultiArrayDimension, String
+from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool, Trigger
 
-from liquid_control.core.adapters import ActionWriter, MessageRejected, ObservationAssembler
 from liquid_control.core.policy import Policy
 from liquid_control.core.policy_file import PolicyFileError
 from liquid_control.core.spec import InterfaceSpec, SpecError
 
-from .messages import (
-    COMMAND_QOS,
-    LATCHED_QOS,
-    RELIABLE_QOS,
-    input_qos,
-    make_message,
-    message_class,
-    output_qos,
-)
-from .stats import LoopStats
-from .wire import Malformed, SerializedTemplate, TemplateUnsupported, decoder_for
+from .control_loop import LoopProcess, LoopProcessError
+from .messages import COMMAND_QOS, LATCHED_QOS, message_class
 
 SAFE_ACTIONS = ("zero", "hold", "spec")
 DEBUG_TOPIC = "~/observation"
@@ -175,9 +163,7 @@ class PolicyNode(LifecycleNode):
     def __init__(self, node_name: str = "policy_node", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         self._declare_parameters()
-        self._service_group = MutuallyExclusiveCallbackGroup()  # estop, services, diagnostics
-        self._input_lock = threading.Lock()  # assembler: written by inputs, read by the tick
-        self._tick_lock = threading.Lock()  # held by a running tick (deactivate waits on it)
+        self._service_group = MutuallyExclusiveCallbackGroup()  # services, diagnostics
         self._initial_dir = ""  # the directory of the first policy (allowed_policy_dirs unset)
         self._reset_fields()
         self._ros_entities: list[tuple[str, Any]] = []
@@ -253,16 +239,15 @@ class PolicyNode(LifecycleNode):
             updates[p.name] = p.value
         candidate = None
         if "policy_path" in updates and self._policy is not None:
-            self._swap_loading = True
+            self._tell_loop("swapping", value=True)
             try:
                 candidate = self._load_checked(str(updates["policy_path"]), self._policy)
             except PolicyRejected as exc:
+                self._tell_loop("swapping", value=False)
                 self._swap_refusals += 1
                 self._last_swap_error = str(exc)
                 self.get_logger().error(f"policy swap refused: {exc}")
                 return _refuse(str(exc))
-            finally:
-                self._swap_loading = False
         elif "policy_path" in updates:
             try:
                 self._check_allowed(str(updates["policy_path"]))
@@ -275,15 +260,36 @@ class PolicyNode(LifecycleNode):
                 setattr(self, "_" + name, float(value))
             elif name == "safe_action":
                 self._safe_mode = str(value)
+        self._tell_loop("set", values=self._loop_settings())
         if candidate is not None:
-            self._pending = candidate  # taken at the start of the next tick
-            if self._loop_thread is None:  # not running: nothing to wait for
-                with self._tick_lock:
-                    self._take_pending()
+            # Put in place by the control process at a tick boundary, with a fresh hidden state;
+            # its "swapped" event makes it the node's active policy.
+            self._candidates[candidate.content_hash] = candidate
+            self._tell_loop("swap", arrays=_bundle(candidate), policy=_identity(candidate))
             self.get_logger().info(
                 f"policy {candidate.path} ({candidate.content_hash}) validated; swapping"
             )
         return SetParametersResult(successful=True, reason="")
+
+    def _loop_settings(self) -> dict[str, Any]:
+        return {
+            "use_measured_dt": self._use_measured_dt,
+            "sensor_timeout_s": self._sensor_timeout_s,
+            "safe_action": self._safe_mode,
+            "reset_on_resume": self._reset_on_resume,
+            "max_action_rate": self._max_action_rate,
+            "debug": self._debug,
+            "enabled": self._enabled,
+        }
+
+    def _tell_loop(
+        self, op: str, arrays: dict[str, np.ndarray] | None = None, **fields: Any
+    ) -> None:
+        if self._loop is not None:
+            try:
+                self._loop.send(op, arrays, **fields)
+            except LoopProcessError as exc:
+                self.get_logger().error(str(exc), throttle_duration_sec=1.0)
 
     # ---------------------------------------------------------------------------------------
     # loading and validation (never on the control path)
@@ -333,9 +339,14 @@ class PolicyNode(LifecycleNode):
                 )
         if self._safe_mode == "spec":
             _spec_safe_action(spec)
-        with self._input_lock:
-            ready = self._assembler is not None and self._assembler.ready
-            obs = self._assembler.raw() if ready else spec.obs_mean
+        obs = spec.obs_mean  # the newest observation when the loop has one
+        if self._loop is not None:
+            try:
+                raw = self._loop.request("observation").get("raw")
+            except LoopProcessError as exc:
+                raise PolicyRejected(f"policy_path {path!r}: {exc}") from None
+            if raw is not None:
+                obs = np.asarray(raw, np.float64)
         try:
             action = policy.step(obs)
         except (ValueError, FloatingPointError) as exc:
@@ -353,43 +364,20 @@ class PolicyNode(LifecycleNode):
     # ---------------------------------------------------------------------------------------
     def _reset_fields(self) -> None:
         self._policy: Policy | None = None
-        self._pending: Policy | None = None
-        self._assembler: ObservationAssembler | None = None
-        self._writer: ActionWriter | None = None
-        # (topic, publisher, type, message, action slots, serialized template or None)
-        self._outputs: list[tuple[str, Any, str, Any, np.ndarray, Any]] = []
-        self._diag_timer = None
-        self._loop_node: Node | None = None
-        self._inputs: list[tuple[str, Any, Any]] = []  # (spec topic, subscription, decoder)
-        self._loop_thread: threading.Thread | None = None
-        self._loop_stop = threading.Event()
+        self._candidates: dict[str | None, Policy] = {}  # validated, sent to the loop to swap in
+        self._loop: LoopProcess | None = None
         self._period_s = 0.0
-        self._stats = LoopStats(1.0)
-        self._last_tick_ns: int | None = None
-        self._prev_action: np.ndarray | None = None
-        self._zero_action = np.zeros(0)
-        self._spec_action: np.ndarray | None = None
-        self._needs_reset = False
-        self._reset_requested = False
-        self._steps_since_reset = 0
+        self._diag_timer = None
         self._waiting = True
         self._estop = False
         self._enabled = True
         self._safe_now: bool | None = None
-        self._safe_reasons: list[str] = []
-        self._rejected: Counter[str] = Counter()
-        self._last_rejection: dict[str, str] = {}
-        self._non_finite_outputs = 0
-        self._non_finite_reported = 0  # count at the last diagnostics message
         self._last_error = ""
-        self._swaps = 0
+        self._active = False
+        self._non_finite_reported = 0  # count at the last diagnostics message
         self._swap_refusals = 0
         self._last_swap_error = ""
-        self._swap_loading = False
-        self._pub_active = self._pub_is_safe = self._pub_diag = self._pub_debug = None
-        self._debug_msg: Float64MultiArray | None = None
-        self._debug_values = np.zeros(0)
-        self._debug_template: SerializedTemplate | None = None
+        self._pub_active = self._pub_is_safe = self._pub_diag = None
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         path = str(self._param("policy_path"))
@@ -400,7 +388,7 @@ class PolicyNode(LifecycleNode):
                 self._initial_dir = os.path.dirname(os.path.realpath(path))
             policy = self._load_checked(path, None)
             self._build(policy)
-        except (PolicyRejected, ValueError) as exc:
+        except (PolicyRejected, ValueError, LoopProcessError) as exc:
             self._last_error = f"configure failed: {exc}"
             self.get_logger().error(self._last_error)
             self._release()
@@ -408,7 +396,8 @@ class PolicyNode(LifecycleNode):
         self.get_logger().info(
             f"configured: {policy.path} ({policy.content_hash}), {policy.spec.obs_dim} inputs from "
             f"{list(policy.spec.observation_topics())}, {policy.spec.action_dim} actions to "
-            f"{list(policy.spec.action_topics())} at {1.0 / self._period_s:g} Hz"
+            f"{list(policy.spec.action_topics())} at {1.0 / self._period_s:g} Hz; control process "
+            f"{self._loop.pid}"
         )
         return super().on_configure(state)
 
@@ -416,59 +405,27 @@ class PolicyNode(LifecycleNode):
         spec = policy.spec
         rate = float(self._param("control_rate_hz")) or spec.control_rate_hz
         self._period_s = 1.0 / rate
-        self._stats = LoopStats(self._period_s)
         self._policy = policy
-        self._assembler = ObservationAssembler(spec)
-        self._writer = ActionWriter(spec)
-        self._set_action_vectors(spec)
-        # The control path (inputs, commands) lives on a companion node that no executor spins:
-        # the control thread takes the newest input messages itself at each tick and publishes
-        # the commands, so no executor dispatch (rclpy's costs ~0.3 ms per callback in Python)
-        # sits between the clock and the actuators, and services, parameters (swaps) and
-        # diagnostics on this node never delay a tick. Topic names are resolved (remapped) here.
-        loop = self._loop_node = Node(
-            f"{self.get_name()}_io",
-            namespace=self.get_namespace(),
-            context=self.context,
-            use_global_arguments=False,
-            start_parameter_services=False,
-            parameter_overrides=[Parameter("start_type_description_service", value=False)],
-        )
+        # The control path (inputs, estop, commands) lives in the control process (see
+        # control_loop.py), on a companion node `<name>_io`; topic names are resolved here.
         resolve = self.resolve_topic_name
-        self._inputs = [
-            (
-                topic,
-                loop.create_subscription(
-                    message_class(msg_type), resolve(topic), _taken_by_the_loop, input_qos(msg_type)
-                ),
-                decoder_for(message_class(msg_type)),
-            )
-            for topic, msg_type in spec.observation_topics().items()
-        ]
-        self._outputs = []
-        for topic, msg_type in spec.action_topics().items():
-            msg, slots = make_message(msg_type), self._writer.topics[topic][1]
-            self._outputs.append(
-                (
-                    topic,
-                    loop.create_publisher(
-                        message_class(msg_type), resolve(topic), output_qos(msg_type)
-                    ),
-                    msg_type,
-                    msg,
-                    slots,
-                    _template(
-                        msg_type,
-                        lambda m, v, t=topic, mt=msg_type, s=slots: self._fill_output(
-                            t, mt, m, _scatter(v, s, spec.action_dim)
-                        ),
-                        slots.size,
-                    ),
-                )
-            )
-        self._pub_debug = loop.create_publisher(
-            Float64MultiArray, resolve(DEBUG_TOPIC), COMMAND_QOS
-        )
+        config = {
+            "node_name": f"{self.get_name()}_io",
+            "namespace": self.get_namespace(),
+            "spec": spec.to_dict(),
+            "policy": _identity(policy),
+            "inputs": [[t, resolve(t), m] for t, m in spec.observation_topics().items()],
+            "outputs": [[t, resolve(t), m] for t, m in spec.action_topics().items()],
+            "estop_topic": resolve("~/estop"),
+            "debug_topic": resolve(DEBUG_TOPIC),
+            "period_s": self._period_s,
+            "use_sim_time": bool(self.get_parameter("use_sim_time").value),
+            "realtime_priority": self._realtime_priority,
+            "cpu_affinity": self._cpu_affinity,
+            "settings": self._loop_settings(),
+        }
+        self._loop = LoopProcess(self._on_loop_event, self._period_s)
+        self._loop.request("configure", timeout_s=60.0, arrays=_bundle(policy), config=config)
         self._pub_active = self._keep(
             "publisher", self.create_publisher(String, "~/active_policy", LATCHED_QOS)
         )
@@ -478,23 +435,6 @@ class PolicyNode(LifecycleNode):
         self._pub_diag = self._keep(
             "publisher", self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
         )
-        self._debug_msg = _debug_message(spec)
-        self._debug_values = np.zeros(3 + spec.obs_dim + spec.action_dim)
-        self._debug_template = _template(
-            "std_msgs/Float64MultiArray",
-            lambda m, v: setattr(m, "data", v.tolist()),
-            self._debug_values.size,
-            self._debug_msg,
-        )
-        # Latched writers keep their last sample for late joiners; a plain reliable reader also
-        # hears volatile writers (`ros2 topic pub` without --qos-durability), so listen to both.
-        for qos in (LATCHED_QOS, RELIABLE_QOS):
-            self._keep(
-                "subscription",
-                self.create_subscription(
-                    Bool, "~/estop", self._on_estop, qos, callback_group=self._service_group
-                ),
-            )
         self._keep(
             "service",
             self.create_service(
@@ -518,31 +458,18 @@ class PolicyNode(LifecycleNode):
         self._ros_entities.append((kind, entity))
         return entity
 
-    def _set_action_vectors(self, spec: InterfaceSpec) -> None:
-        self._zero_action = np.clip(np.zeros(spec.action_dim), spec.action_low, spec.action_high)
-        self._spec_action = _spec_safe_action(spec) if "safe_action" in spec.extra else None
-
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        with self._tick_lock:
-            self._take_pending()
-            self._policy.reset()
-            self._steps_since_reset = 0
-            self._stats.clear()
-            self._last_tick_ns = None
-            self._prev_action = None
-            self._waiting = True
-            self._needs_reset = False
+        self._waiting = True
         ret = super().on_activate(state)
-        # Objects alive now (policy, messages, rclpy) leave the garbage collector's young
-        # generations: collections that run inside a tick then scan only what the loop allocates.
-        gc.freeze()
-        self._loop_stop = threading.Event()
-        self._loop_thread = threading.Thread(
-            target=self._run_loop, args=(self._loop_stop,), name="control_loop", daemon=True
-        )
-        self._loop_thread.start()
+        try:
+            self._loop.request("activate")
+        except LoopProcessError as exc:
+            self._last_error = f"activate failed: {exc}"
+            self.get_logger().error(self._last_error)
+            return TransitionCallbackReturn.ERROR
+        self._active = True
         self.get_logger().info(
-            f"active; waiting for {self._assembler.missing() or 'nothing'} before commanding"
+            f"active; waiting for {list(self._policy.spec.observation_topics())} before commanding"
         )
         return ret
 
@@ -555,7 +482,7 @@ class PolicyNode(LifecycleNode):
         return super().on_cleanup(state)
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        if self._loop_thread is not None:
+        if self._active:
             self._stop_and_publish_safe()
         self._release()
         return super().on_shutdown(state)
@@ -565,22 +492,21 @@ class PolicyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _stop_and_publish_safe(self) -> None:
-        """Stop the loop (waiting for a running tick) and publish the safe action once."""
-        thread, self._loop_thread = self._loop_thread, None
-        if thread is not None:
-            self._loop_stop.set()
-            thread.join(timeout=5.0)
-        with self._tick_lock:
-            if self._policy is not None and not self._waiting:
-                self._publish_action(self._safe_action())
-            self._publish_is_safe(True)
+        """Stop the loop (the control process publishes the safe action once if it was
+        commanding, and waits for a running tick)."""
+        if self._loop is not None:
+            try:
+                self._loop.request("deactivate")
+            except LoopProcessError as exc:
+                self._last_error = f"deactivate: {exc}"
+                self.get_logger().error(self._last_error)
+        self._active = False
+        self._waiting = True
+        self._publish_is_safe(True)
 
     def _release(self) -> None:
-        if self._loop_thread is not None:
-            self._loop_stop.set()
-            self._loop_thread.join(timeout=5.0)
-        if self._loop_node is not None:
-            self._loop_node.destroy_node()
+        if self._loop is not None:
+            self._loop.close()
         for kind, entity in reversed(self._ros_entities):
             getattr(self, "destroy_" + kind)(entity)
         self._ros_entities = []
@@ -595,233 +521,59 @@ class PolicyNode(LifecycleNode):
         return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
 
     # ---------------------------------------------------------------------------------------
-    # inputs, estop, services
+    # the control process's events, services
     # ---------------------------------------------------------------------------------------
-    def _on_input(self, topic: str, msg: Any, now_s: float) -> None:
-        try:
-            with self._input_lock:
-                self._assembler.update(topic, msg, now_s)
-        except MessageRejected as exc:
-            self._reject(topic, exc)
-
-    def _reject(self, topic: str, exc: MessageRejected) -> None:
-        self._rejected[exc.reason] += 1
-        self._last_rejection[exc.reason] = f"{topic}: {exc.detail}"
-        self.get_logger().warning(
-            f"rejected a message on {topic}: {exc}", throttle_duration_sec=1.0
-        )
-
-    def _on_estop(self, msg: Bool) -> None:
-        if bool(msg.data) != self._estop:
-            self._estop = bool(msg.data)
-            if self._estop:
-                self.get_logger().warning("estop engaged: holding the safe action")
-            else:
-                self.get_logger().info("estop released")
+    def _on_loop_event(self, event: dict[str, Any]) -> None:
+        """Called from the control process's event reader thread."""
+        kind = event.get("ev")
+        if kind == "is_safe":
+            self._publish_is_safe(bool(event["safe"]))
+        elif kind == "commanding":
+            self._waiting = False
+            self.get_logger().info("every input has arrived: commanding")
+        elif kind == "swapped":
+            policy = self._candidates.pop(event.get("hash"), None)
+            if policy is not None:
+                self._policy = policy
+                self._publish_active_policy()
+        elif kind == "swap_failed":
+            self._candidates.pop(event.get("hash"), None)
+            self._swap_refusals += 1
+            self._last_swap_error = (
+                f"the control process could not put it in place: {event.get('error')}"
+            )
+            self.get_logger().error(self._last_swap_error)
+        elif kind == "exit":
+            # Nothing commands the robot now (its controllers' command timeouts apply).
+            self._last_error = (
+                f"control process exited unexpectedly (exit code {event.get('code')})"
+            )
+            self.get_logger().error(self._last_error)
+            self._waiting = True
+            self._publish_is_safe(True)
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        self._reset_requested = True
+        try:
+            self._loop.send("reset")
+        except (LoopProcessError, AttributeError) as exc:
+            response.success, response.message = False, f"not reset: {exc}"
+            return response
         response.success = True
         response.message = "hidden state reset at the next tick"
         return response
 
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         self._enabled = bool(request.data)
+        try:
+            self._loop.send("set", values={"enabled": self._enabled})
+        except (LoopProcessError, AttributeError) as exc:
+            response.success, response.message = False, f"not changed: {exc}"
+            return response
         response.success = True
         response.message = (
             "policy enabled" if self._enabled else "disabled: holding the safe action"
         )
         return response
-
-    # ---------------------------------------------------------------------------------------
-    # the control loop
-    # ---------------------------------------------------------------------------------------
-    def _take_pending(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is None:
-            return
-        self._policy = pending
-        self._set_action_vectors(pending.spec)
-        self._steps_since_reset = 0
-        self._swaps += 1
-        self._publish_active_policy()
-
-    def _run_loop(self, stop: threading.Event) -> None:
-        """The control thread: a tick every period on the node clock, on a fixed grid.
-
-        Deadlines are absolute (no drift); a tick later than the next deadline skips the missed
-        ones and stays on the grid (as rcl timers do). With use_sim_time the deadlines are in
-        /clock time; a clock that jumps back (simulation reset) restarts the grid.
-        """
-        self._realtime_status = self._apply_thread_scheduling()
-        clock = self.get_clock()
-        period_ns = int(round(self._period_s * 1e9))
-        deadline = clock.now().nanoseconds + period_ns
-        while _sleep_until(clock, deadline, stop):
-            self._tick(stop)
-            now = clock.now().nanoseconds
-            deadline += period_ns
-            if now >= deadline:
-                deadline += ((now - deadline) // period_ns + 1) * period_ns
-            elif deadline - now > 2 * period_ns:
-                deadline = now + period_ns
-
-    def _apply_thread_scheduling(self) -> str:
-        """Pin and prioritise the calling (control) thread as the parameters ask; a refusal is
-        logged and reported, and the loop runs on at normal priority (the robot keeps its loop)."""
-        status = []
-        if self._cpu_affinity:
-            try:
-                os.sched_setaffinity(0, self._cpu_affinity)  # 0 = the calling thread on Linux
-                status.append(f"cores {self._cpu_affinity}")
-            except (OSError, AttributeError) as exc:
-                status.append(f"cpu_affinity {self._cpu_affinity} refused ({exc})")
-        if self._realtime_priority > 0:
-            try:
-                param = os.sched_param(self._realtime_priority)
-                os.sched_setscheduler(0, os.SCHED_FIFO, param)
-                status.insert(0, f"SCHED_FIFO priority {self._realtime_priority}")
-            except (OSError, AttributeError) as exc:
-                status.insert(
-                    0,
-                    f"normal scheduling: SCHED_FIFO priority {self._realtime_priority} refused "
-                    f"({exc}); grant CAP_SYS_NICE or an rtprio limit",
-                )
-        text = ", ".join(status) or "normal scheduling"
-        if "refused" in text:
-            self.get_logger().warning(f"control thread: {text}")
-        elif status:
-            self.get_logger().info(f"control thread: {text}")
-        return text
-
-    def _take_inputs(self, now_s: float) -> None:
-        """Take every message that arrived since the last tick (each validated, newest wins).
-
-        Messages are taken serialized and decoded by `wire` (no rclpy message objects on the
-        control path); a type `wire` does not decode is taken as an rclpy message."""
-        use_receive_time = not self.get_clock().ros_time_is_active
-        for topic, sub, decode in self._inputs:
-            with sub.handle:
-                while (
-                    taken := sub.handle.take_message(sub.msg_type, decode is not None)
-                ) is not None:
-                    msg, info = taken
-                    if decode is not None:
-                        try:
-                            msg = decode(msg)
-                        except Malformed as exc:
-                            self._reject(topic, MessageRejected("malformed", str(exc)))
-                            continue
-                    # On system time the DDS receive time is exact; on /clock time (simulation)
-                    # a message counts as received at the tick that takes it.
-                    received = info.get("received_timestamp", 0) if use_receive_time else 0
-                    self._on_input(topic, msg, received * 1e-9 if received else now_s)
-
-    def _tick(self, stop: threading.Event) -> None:
-        t0 = time.perf_counter()
-        now_ns = self.get_clock().now().nanoseconds
-        with self._tick_lock:
-            if stop.is_set():  # deactivating
-                return
-            try:
-                self._take_inputs(now_ns * 1e-9)
-                self._control_step(t0, now_ns)
-            except Exception as exc:  # noqa: BLE001 (a bug must not leave the last command standing)
-                self._last_error = f"control step failed: {type(exc).__name__}: {exc}"
-                self.get_logger().error(self._last_error, throttle_duration_sec=1.0)
-                self._needs_reset = True
-                self._safe_reasons = ["internal error"]
-                self._publish_action(self._safe_action())
-                self._publish_is_safe(True)
-
-    def _control_step(self, t0: float, now_ns: int) -> None:
-        """One tick (called with the tick lock held)."""
-        swapping = self._swap_loading or self._pending is not None
-        if self._pending is not None:
-            self._take_pending()
-        period = None if self._last_tick_ns is None else (now_ns - self._last_tick_ns) * 1e-9
-        self._last_tick_ns = now_ns
-        with self._input_lock:
-            asm = self._assembler
-            if asm.ready:
-                raw = asm.raw()
-                stale = asm.stale(now_ns * 1e-9, self._sensor_timeout_s)
-        if not asm.ready:  # activation waits for every input once
-            self._stats.record(period, time.perf_counter() - t0, swapping)
-            return
-        if self._waiting:
-            self._waiting = False
-            self.get_logger().info("every input has arrived: commanding")
-        reasons = [f"stale: {', '.join(stale)}"] if stale else []
-        if self._estop:
-            reasons.append("estop")
-        if not self._enabled:
-            reasons.append("disabled")
-        dt = period if self._use_measured_dt and period and period > 0 else None
-        if reasons:
-            action = self._safe_action()
-            self._needs_reset = True
-            self._steps_since_reset = 0
-        else:
-            if self._reset_requested or (self._needs_reset and self._reset_on_resume):
-                self._policy.reset()
-                self._steps_since_reset = 0
-            self._reset_requested = self._needs_reset = False
-            action = self._policy.step(raw, dt)
-            self._steps_since_reset += 1
-            if not np.isfinite(action).all():
-                self._non_finite_outputs += 1
-                self._last_error = f"non-finite policy output {action.tolist()}; hidden state reset"
-                self.get_logger().error(self._last_error, throttle_duration_sec=1.0)
-                reasons = ["non-finite output"]
-                action = self._safe_action()
-                self._policy.reset()
-                self._steps_since_reset = 0
-            elif self._max_action_rate > 0 and self._prev_action is not None:
-                step = self._max_action_rate * (period or self._period_s)
-                action = np.clip(action, self._prev_action - step, self._prev_action + step)
-        self._publish_action(action)
-        self._stats.record(period, time.perf_counter() - t0, swapping)
-        self._safe_reasons = reasons
-        if self._safe_now != bool(reasons):
-            self._publish_is_safe(bool(reasons))
-        if self._debug:
-            self._publish_debug(raw, action, dt)
-
-    def _safe_action(self) -> np.ndarray:
-        if self._safe_mode == "hold" and self._prev_action is not None:
-            return self._prev_action
-        if self._safe_mode == "spec" and self._spec_action is not None:
-            return self._spec_action
-        return self._zero_action
-
-    def _fill_output(self, topic: str, msg_type: str, msg: Any, action: np.ndarray) -> None:
-        self._writer.fill(topic, msg, action, make_message)  # every field is rewritten
-        if msg_type == "trajectory_msgs/JointTrajectory":
-            # Stamp zero = start now; reach the point within one control period.
-            msg.points[0].time_from_start = Duration(seconds=self._period_s).to_msg()
-
-    def _publish_action(self, action: np.ndarray) -> None:
-        for topic, pub, msg_type, msg, slots, template in self._outputs:
-            if template is not None:
-                pub.publish(template.serialize(action[slots]))
-            else:
-                self._fill_output(topic, msg_type, msg, action)
-                pub.publish(msg)
-        self._prev_action = action
-
-    def _publish_debug(self, raw: np.ndarray, action: np.ndarray, dt: float | None) -> None:
-        values = self._debug_values
-        values[0] = self._stats.ticks
-        values[1] = dt if dt is not None else self._period_s
-        values[2] = self._steps_since_reset
-        values[3 : 3 + raw.size] = raw
-        values[3 + raw.size :] = action
-        if self._debug_template is not None:
-            self._pub_debug.publish(self._debug_template.serialize(values))
-        else:
-            self._debug_msg.data = values.tolist()
-            self._pub_debug.publish(self._debug_msg)
 
     def _publish_is_safe(self, safe: bool) -> None:
         self._safe_now = safe
@@ -838,46 +590,48 @@ class PolicyNode(LifecycleNode):
     # diagnostics
     # ---------------------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
-        if self._pub_diag is None or self._policy is None:
+        if self._pub_diag is None or self._policy is None or self._loop is None:
             return
         status = DiagnosticStatus()
         status.name = f"{self.get_fully_qualified_name()}: policy loop"
         status.hardware_id = self._policy.spec.robot
         lifecycle_state = self._state_machine.current_state[1]
-        window = self._stats.window_summary()
-        total = self._stats.total_summary()
-        with self._input_lock:
-            stale = self._assembler.stale(
-                self.get_clock().now().nanoseconds * 1e-9, self._sensor_timeout_s
-            )
+        try:
+            loop = self._loop.request(
+                "stats", timeout_s=0.5, now_ns=self.get_clock().now().nanoseconds
+            )["values"]
+            loop_error = ""
+        except LoopProcessError as exc:
+            loop, loop_error = {}, str(exc)
+        missing = loop.pop("missing_inputs", [])
+        stats = self._loop.stats  # written by the control process, summarised here
+        window, total = stats.window_summary(), stats.total_summary()
         values: dict[str, Any] = {
             "state": lifecycle_state,
             "active_policy": self._policy.path,
             "active_policy_hash": self._policy.content_hash,
             "control_rate_hz": 1.0 / self._period_s,
-            "control_thread": self._realtime_status,
-            **{k: v for k, v in window.items()},
+            "control_process": f"pid {self._loop.pid}"
+            + ("" if self._loop.alive() else " (exited)"),
+            "control_thread": loop.pop("control_thread", "?"),
+            **window,
             **{f"total_{k}": v for k, v in total.items()},
-            "stale_inputs": ", ".join(stale),
-            "waiting_for_inputs": self._waiting,
-            "safe_action_active": bool(self._safe_now),
-            "safe_action_reasons": ", ".join(self._safe_reasons),
+            **loop,
             "safe_action_mode": self._safe_mode,
-            "estop": self._estop,
-            "enabled": self._enabled,
-            "rejected_total": sum(self._rejected.values()),
-            **{f"rejected_{r}": n for r, n in sorted(self._rejected.items())},
-            **{f"last_rejection_{r}": d for r, d in sorted(self._last_rejection.items())},
-            "non_finite_outputs": self._non_finite_outputs,
-            "swaps": self._swaps,
             "swap_refusals": self._swap_refusals,
             "last_swap_error": self._last_swap_error,
-            "last_error": self._last_error,
+            "last_error": loop_error or self._last_error or loop.pop("loop_error", ""),
         }
-        status.values = [KeyValue(key=k, value=_fmt(v)) for k, v in values.items()]
-        new_non_finite = self._non_finite_outputs - self._non_finite_reported
-        self._non_finite_reported = self._non_finite_outputs
-        if new_non_finite:
+        values.pop("loop_error", None)
+        non_finite = int(loop.get("non_finite_outputs", 0))
+        new_non_finite = non_finite - self._non_finite_reported
+        self._non_finite_reported = non_finite
+        if not self._loop.alive():
+            status.level = DiagnosticStatus.ERROR
+            status.message = self._last_error or "control process exited"
+        elif loop_error:
+            status.level, status.message = DiagnosticStatus.ERROR, loop_error
+        elif new_non_finite:
             status.level = DiagnosticStatus.ERROR
             status.message = (
                 f"{new_non_finite} non-finite policy outputs replaced by the safe action"
@@ -887,14 +641,15 @@ class PolicyNode(LifecycleNode):
                 DiagnosticStatus.WARN,
                 f"{lifecycle_state}: not commanding",
             )
-        elif self._waiting:
+        elif loop.get("waiting_for_inputs", self._waiting):
             status.level = DiagnosticStatus.WARN
-            status.message = f"waiting for inputs {self._assembler.missing()}"
-        elif self._safe_now:
+            status.message = f"waiting for inputs {missing}"
+        elif loop.get("safe_action_active", self._safe_now):
             status.level = DiagnosticStatus.WARN
-            status.message = "safe action: " + ", ".join(self._safe_reasons)
+            status.message = "safe action: " + str(loop.get("safe_action_reasons", ""))
         else:
             status.level, status.message = DiagnosticStatus.OK, "running the policy"
+        status.values = [KeyValue(key=k, value=_fmt(v)) for k, v in values.items()]
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         array.status = [status]
@@ -929,29 +684,16 @@ def _spec_safe_action(spec: InterfaceSpec) -> np.ndarray:
     return vec
 
 
-def _scatter(values: np.ndarray, slots: np.ndarray, size: int) -> np.ndarray:
-    full = np.zeros(size)
-    full[slots] = values
-    return full
+def _bundle(policy: Policy) -> dict[str, np.ndarray]:
+    """What the control process needs to run `policy` (see `Policy.runtime`)."""
+    arrays = policy.runtime()
+    if "safe_action" in policy.spec.extra:
+        arrays["spec_action"] = _spec_safe_action(policy.spec)
+    return arrays
 
 
-def _template(
-    msg_type: str, fill: Any, n: int, msg: Any | None = None
-) -> SerializedTemplate | None:
-    """The serialized fast path of an output (None: publish rclpy messages, as for any type whose
-    changing values are not plain float64 fields)."""
-    try:
-        return SerializedTemplate(msg if msg is not None else make_message(msg_type), fill, n)
-    except TemplateUnsupported:
-        return None
-
-
-def _debug_message(spec: InterfaceSpec) -> Float64MultiArray:
-    msg = Float64MultiArray()
-    dims = [("tick", 1), ("dt_s", 1), ("steps_since_reset", 1)]
-    dims += [("observation", spec.obs_dim), ("action", spec.action_dim)]
-    msg.layout.dim = [MultiArrayDimension(label=k, size=n, stride=n) for k, n in dims]
-    return msg
+def _identity(policy: Policy) -> dict[str, Any]:
+    return {"path": policy.path, "hash": policy.content_hash}
 
 
 def _refuse(reason: str) -> SetParametersResult:
@@ -970,8 +712,6 @@ def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    # Short GIL slices: the control thread waits at most this long for a busy worker thread.
-    sys.setswitchinterval(2e-4)
     node = PolicyNode()
     executor = MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
@@ -987,25 +727,6 @@ def main(args: list[str] | None = None) -> None:
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         rclpy.try_shutdown()
-
-
-def _taken_by_the_loop(msg: Any) -> None:
-    """Subscription callback placeholder: the io node is never spun (see `_take_inputs`)."""
-
-
-# /clock time is polled at this wall-clock interval (a simulation may pause or jump).
-SIM_CLOCK_POLL_S = 2e-4
-
-
-def _sleep_until(clock: Any, deadline_ns: int, stop: threading.Event) -> bool:
-    """Sleep until the node clock reaches `deadline_ns`; False if `stop` was set meanwhile."""
-    if clock.ros_time_is_active:
-        while clock.now().nanoseconds < deadline_ns:
-            if stop.wait(SIM_CLOCK_POLL_S):
-                return False
-        return not stop.is_set()
-    delay_s = (deadline_ns - clock.now().nanoseconds) * 1e-9
-    return not (stop.wait(delay_s) if delay_s > 0 else stop.is_set())
 
 
 def spin(executor: Executor, stop: threading.Event | None = None) -> None:

@@ -1,0 +1,101 @@
+"""The policy node's two processes fail safe: whichever dies, the robot is told.
+
+- The node's process killed (SIGKILL, no chance to clean up): its control process sees the pipe
+  close, publishes the safe action once, stops commanding and exits.
+- The control process killed: the node reports it (/diagnostics ERROR naming it, ~/is_safe true).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+from ros_harness import Harness, NodeProcess, diagnostic_values, save_test_policy
+from test_policy_node import SAFE, Sensors, joint_spec
+
+from liquid_control.ros.messages import LATCHED_QOS, SENSOR_QOS
+
+pytestmark = [pytest.mark.ros, pytest.mark.timeout(180)]
+
+NODE = "/process_policy"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by a dead parent's init) counts as gone
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def start(tmp_path, h):
+    path = tmp_path / "p.lcp"
+    save_test_policy(path, joint_spec(), seed=0)
+    params = {"policy_path": str(path), "safe_action": "spec", "sensor_timeout_s": 0.3}
+    node = NodeProcess(
+        "liquid_control.ros.policy_node", params=params, name=NODE[1:], log_dir=tmp_path
+    )
+    sensors = Sensors()
+    cmd = h.subscribe("/cmd", "std_msgs/Float64MultiArray", 1000)
+    diag = h.subscribe("/diagnostics", "diagnostic_msgs/DiagnosticArray")
+    is_safe = h.subscribe(f"{NODE}/is_safe", "std_msgs/Bool", LATCHED_QOS)
+    h.publish_periodically("/joint_states", sensors.make, 100.0, SENSOR_QOS)
+    h.wait_for(
+        lambda: len(cmd) >= 5 and not np.allclose(cmd.last.data, SAFE), 30.0, "commands", node
+    )
+
+    def loop_pid():
+        for m in diag.since(time.monotonic() - 5.0):
+            v = diagnostic_values(m, NODE[1:])
+            if v and v.get("control_process", "").startswith("pid "):
+                return int(v["control_process"].split()[1])
+        return None
+
+    pid = h.wait_for(loop_pid, 10.0, "the control process pid in diagnostics", node)
+    return node, cmd, diag, is_safe, pid
+
+
+def test_a_killed_node_leaves_the_safe_action_and_no_commander(tmp_path):
+    with Harness("process_harness_1") as h:
+        node, cmd, _, _, loop_pid = start(tmp_path, h)
+        try:
+            t_kill = time.monotonic()
+            os.kill(node.proc.pid, signal.SIGKILL)
+            h.wait_for(lambda: not alive(loop_pid), 10.0, "the control process to exit")
+            after = [list(m.data) for m in cmd.since(t_kill)]
+            assert after and np.allclose(after[-1], SAFE), after[-3:]
+            n = len(cmd)
+            time.sleep(0.5)
+            assert len(cmd) == n, "something still commands after both processes are gone"
+        finally:
+            node.stop()
+
+
+def test_a_killed_control_process_is_reported_as_an_error_and_unsafe(tmp_path):
+    with Harness("process_harness_2") as h:
+        node, cmd, diag, is_safe, loop_pid = start(tmp_path, h)
+        try:
+            h.wait_for(lambda: is_safe.last is not None and not is_safe.last.data, 5.0, "unsafe")
+            t_kill = time.monotonic()
+            os.kill(loop_pid, signal.SIGKILL)
+            h.wait_for(lambda: is_safe.last.data, 5.0, "~/is_safe true", node)
+
+            def error():
+                for m in diag.since(t_kill):
+                    v = diagnostic_values(m, NODE[1:])
+                    if v and v["_level"] == "2":
+                        return v
+                return None
+
+            v = h.wait_for(error, 5.0, "a diagnostics ERROR", node)
+            assert "control process exited" in v["_message"], v
+            assert "exited" in v["control_process"]
+            assert node.running, "the node itself stays up to report"
+        finally:
+            node.stop()
