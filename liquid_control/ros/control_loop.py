@@ -244,13 +244,20 @@ class LoopProcess:
                     slot[1] = header
                     slot[0].set()
             else:
-                self._on_event(header)
+                self._event(header)
         code = self._proc.wait()
         with self._lock:
             for slot in self._waiting.values():
                 slot[0].set()
         if not self._closing:
-            self._on_event({"ev": "exit", "code": code})
+            self._event({"ev": "exit", "code": code})
+
+    def _event(self, header: dict[str, Any]) -> None:
+        try:
+            self._on_event(header)
+        except Exception as exc:  # noqa: BLE001 (e.g. a publisher destroyed meanwhile by cleanup)
+            if not self._closing:  # this thread must go on: it delivers the replies
+                print(f"control process event {header.get('ev')!r}: {exc!r}", file=sys.stderr)
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Ask the process to stop (it publishes the safe action if it was commanding) and wait."""

@@ -239,15 +239,17 @@ class PolicyNode(LifecycleNode):
             updates[p.name] = p.value
         candidate = None
         if "policy_path" in updates and self._policy is not None:
-            self._tell_loop("swapping", value=True)
+            self._tell_loop("swapping", value=True)  # ticks from now count as during a swap
             try:
                 candidate = self._load_checked(str(updates["policy_path"]), self._policy)
             except PolicyRejected as exc:
-                self._tell_loop("swapping", value=False)
                 self._swap_refusals += 1
                 self._last_swap_error = str(exc)
                 self.get_logger().error(f"policy swap refused: {exc}")
                 return _refuse(str(exc))
+            finally:
+                if candidate is None:
+                    self._tell_loop("swapping", value=False)
         elif "policy_path" in updates:
             try:
                 self._check_allowed(str(updates["policy_path"]))
