@@ -371,7 +371,6 @@ class PolicyNode(LifecycleNode):
         self._period_s = 0.0
         self._diag_timer = None
         self._waiting = True
-        self._estop = False
         self._enabled = True
         self._safe_now: bool | None = None
         self._last_error = ""
