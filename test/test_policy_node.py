@@ -440,11 +440,8 @@ def test_swap_to_a_valid_policy_changes_the_hash_at_a_tick_boundary_without_miss
     # Loading the big policy (file, checks, dry inference) ran beside the loop, not in it: the
     # old policy kept commanding meanwhile, and the swap tick followed its predecessor by far
     # less than the load took.
-    during = [
-        r
-        for t, r in zip(rig.debug.times, debug_rows(rig.debug.messages), strict=True)
-        if t0 < t < t1
-    ]
+    timed = rig.debug.timed_since(t0)  # one consistent snapshot (the recorder keeps receiving)
+    during = [r for (t, _), r in zip(timed, debug_rows(m for _, m in timed), strict=True) if t < t1]
     # (the swap tick itself may arrive before the parameter response)
     # A loop blocked by the load would tick not at all while it ran and then once, about the
     # load time after its previous tick; one tick of slack for where the load falls on the grid.
