@@ -83,6 +83,17 @@ def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     )
 
 
+def cli_started(*args: str) -> subprocess.Popen:
+    """`liquid-control *args` running in the background (to be killed by a test)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "liquid_control.cli", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 # -- configuration -----------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("patch", "field"),
@@ -320,24 +331,15 @@ def test_distillation_resumed_after_kill_matches_an_uninterrupted_run(
     assert result.returncode == 0, result.stderr[-3000:]
 
     run = copy_run(tiny_teacher, tmp_path / "killed")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "liquid_control.cli",
-            "train",
-            str(cfg_path),
-            "--out",
-            str(run),
-            "--resume",
-            "--stages",
-            "teacher,distill",
-            "--no-progress",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = cli_started(
+        "train",
+        str(cfg_path),
+        "--out",
+        str(run),
+        "--resume",
+        "--stages",
+        "teacher,distill",
+        "--no-progress",
     )
     _kill_when(proc, run / "distill" / "progress.json")  # killed during round 2
     assert proc.returncode == -signal.SIGKILL
@@ -371,23 +373,14 @@ def test_teacher_resumes_from_its_last_checkpoint_after_kill(tmp_path: Path) -> 
     data["teacher"]["total_timesteps"] = 4096
     cfg_path = write_config(tmp_path / "tiny.yaml", data)
     run = tmp_path / "run"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "liquid_control.cli",
-            "train",
-            str(cfg_path),
-            "--out",
-            str(run),
-            "--stages",
-            "teacher",
-            "--no-progress",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = cli_started(
+        "train",
+        str(cfg_path),
+        "--out",
+        str(run),
+        "--stages",
+        "teacher",
+        "--no-progress",
     )
     index = run / "teacher" / "ckpt" / "checkpoint.json"
     _kill_when(proc, index)
