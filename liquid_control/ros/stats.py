@@ -7,8 +7,9 @@ Two views of the same samples, both cheap enough for a 1 kHz loop (a few array w
 
 All the state lives in one float64 array, which may be a view of shared memory: the control process
 records into it and the node's process reads the figures from it (`LoopStats(period, storage)`),
-so the loop spends no time computing percentiles. A reader may see a sample being written; the
-figures are statistics, and a torn sample changes them by at most one sample.
+so the loop spends no time computing percentiles. The per-tick writes go through memoryviews (a
+numpy scalar write costs several times more). A reader may see a sample being written; the figures
+are statistics, and a torn sample changes them by at most one sample.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Window:
     def __init__(self, capacity: int = 8192, storage: np.ndarray | None = None) -> None:
         self._store = np.zeros(capacity + 1) if storage is None else storage
         self._buf = self._store[:-1]
+        self._mv, self._cap = memoryview(self._store), capacity  # the count is at [capacity]
         self._taken = 0  # value of the count at the last take
 
     @staticmethod
@@ -38,9 +40,10 @@ class Window:
         return int(self._store[-1])
 
     def add(self, x: float) -> None:
-        n = int(self._store[-1])
-        self._buf[n % self._buf.size] = x
-        self._store[-1] = n + 1
+        mv = self._mv
+        n = int(mv[self._cap])
+        mv[n % self._cap] = x
+        mv[self._cap] = n + 1
 
     def take(self) -> np.ndarray:
         """Samples added since the previous call (the newest `capacity` at most)."""
@@ -71,6 +74,7 @@ class LogHistogram:
         self.bins = self._bins()
         self._store = np.zeros(self.size()) if storage is None else storage
         self.counts = self._store[: self.bins + 1]  # bin 0 holds samples below lo
+        self._mv = memoryview(self._store)
 
     @classmethod
     def _bins(cls) -> int:
@@ -89,14 +93,12 @@ class LogHistogram:
         return int(self._store[-1])
 
     def add(self, x: float) -> None:
-        store = self._store
-        if x > store[-2]:
-            store[-2] = x
-        store[-1] += 1
-        if x < self.lo:
-            self.counts[0] += 1
-        else:
-            self.counts[min(int(math.log10(x / self.lo) * self.per_decade) + 1, self.bins)] += 1
+        mv, n = self._mv, self.bins + 1  # counts[0 .. bins], then max, then n
+        if x > mv[n]:
+            mv[n] = x
+        mv[n + 1] += 1
+        k = 0 if x < self.lo else min(int(math.log10(x / self.lo) * self.per_decade) + 1, self.bins)
+        mv[k] += 1
 
     def percentile(self, q: float) -> float:
         """Upper edge of the bin holding the q-th percentile (0 < q <= 100); nan when empty."""
@@ -134,6 +136,7 @@ class LoopStats:
             )
         w, h = Window.size(window), LogHistogram.size()
         self._counters = store[: len(self.COUNTERS)]
+        self._c = memoryview(self._counters)
         at = len(self.COUNTERS)
         self._periods = Window(window, store[at : at + w])
         self._compute = Window(window, store[at + w : at + 2 * w])
@@ -163,7 +166,7 @@ class LoopStats:
         return float(self._counters[3])
 
     def record(self, period_s: float | None, compute_s: float, swapping: bool = False) -> None:
-        c = self._counters
+        c = self._c
         c[0] += 1
         self._compute.add(compute_s)
         self.compute_hist.add(compute_s)
