@@ -287,6 +287,8 @@ class LoopProcess:
 # -------------------------------------------------------------------------------------------
 # /clock time is polled at this wall-clock interval (a simulation may pause or jump).
 SIM_CLOCK_POLL_S = 2e-4
+# Safe-action vectors that travel with a policy's runtime arrays (see policy_node._bundle).
+SAFE_VECTORS = ("zero_action", "spec_action")
 # Settings the node may change while the loop runs (its parameters, and enable).
 SETTINGS = (
     "use_measured_dt",
@@ -483,13 +485,14 @@ class ControlLoop:
 
     def _install(self, info: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         """Put a policy (its `runtime()` arrays, checked by the node) in place, fresh state."""
+        safe = {k: arrays[k] for k in SAFE_VECTORS if k in arrays}
         policy = Policy.from_runtime(
-            self.spec, {k: v for k, v in arrays.items() if k != "spec_action"}, info.get("hash")
+            self.spec, {k: v for k, v in arrays.items() if k not in safe}, info.get("hash")
         )
         policy.path = info.get("path")
         self._policy = policy
-        self._zero_action = np.clip(np.zeros(self.spec.action_dim), policy._low, policy._high)
-        self._spec_action = np.array(arrays["spec_action"]) if "spec_action" in arrays else None
+        self._zero_action = np.array(safe["zero_action"])
+        self._spec_action = np.array(safe["spec_action"]) if "spec_action" in safe else None
 
     def _reply(self, header: dict[str, Any], **values: Any) -> None:
         self._send({"ev": "reply", "id": header.get("id"), **values})

@@ -686,10 +686,13 @@ def _spec_safe_action(spec: InterfaceSpec) -> np.ndarray:
 
 
 def _bundle(policy: Policy) -> dict[str, np.ndarray]:
-    """What the control process needs to run `policy` (see `Policy.runtime`)."""
+    """What the control process needs to run `policy` (see `Policy.runtime`), with its safe-action
+    vectors: zero clipped into the limits, and spec.extra['safe_action'] where there is one."""
+    spec = policy.spec
     arrays = policy.runtime()
-    if "safe_action" in policy.spec.extra:
-        arrays["spec_action"] = _spec_safe_action(policy.spec)
+    arrays["zero_action"] = np.clip(np.zeros(spec.action_dim), spec.action_low, spec.action_high)
+    if "safe_action" in spec.extra:
+        arrays["spec_action"] = _spec_safe_action(spec)
     return arrays
 
 
