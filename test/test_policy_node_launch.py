@@ -22,6 +22,16 @@ CONFIG = REPO / "config" / "policy_node.yaml"
 LAUNCH = REPO / "launch" / "policy.launch.py"
 
 
+def publish_joint_states(h: Harness) -> None:
+    """JointState for the two-joint test spec at 100 Hz, from the harness."""
+    h.publish_periodically(
+        "/joint_states",
+        lambda: JointState(name=["j0", "j1"], position=[0.1, 0.2], velocity=[0.0, 0.0]),
+        100.0,
+        SENSOR_QOS,
+    )
+
+
 def test_config_file_lists_every_parameter_with_its_default():
     text = CONFIG.read_text()
     params = yaml.safe_load(text)["/**/policy_node"]["ros__parameters"]
@@ -53,12 +63,7 @@ def test_node_starts_from_the_config_file(tmp_path):
         Harness() as h,
     ):
         cmd = h.subscribe("/cmd", "std_msgs/Float64MultiArray")
-        h.publish_periodically(
-            "/joint_states",
-            lambda: JointState(name=["j0", "j1"], position=[0.1, 0.2], velocity=[0.0, 0.0]),
-            100.0,
-            SENSOR_QOS,
-        )
+        publish_joint_states(h)
         h.wait_for(lambda: len(cmd) >= 5, 30.0, "commands from the node", node)
         values = h.get_parameters(
             "/robot1/policy_node", ["safe_action", "sensor_timeout_s", "autostart", "debug"]
@@ -116,11 +121,6 @@ def test_launch_file_starts_a_commanding_policy_node(tmp_path):
     ]
     with NodeProcess(argv=argv, log_dir=tmp_path) as launch, Harness() as h:
         cmd = h.subscribe("/cmd", "std_msgs/Float64MultiArray")
-        h.publish_periodically(
-            "/joint_states",
-            lambda: JointState(name=["j0", "j1"], position=[0.1, 0.2], velocity=[0.0, 0.0]),
-            100.0,
-            SENSOR_QOS,
-        )
+        publish_joint_states(h)
         h.wait_for(lambda: len(cmd) >= 5, 60.0, "commands from the launched node", launch)
         assert h.lifecycle_state("/launched/policy_node") == "active"
