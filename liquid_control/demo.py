@@ -98,7 +98,7 @@ class Watcher:
         from std_msgs.msg import Float64MultiArray, String
         from std_srvs.srv import SetBool
 
-        from .ros.messages import COMMAND_QOS, SENSOR_QOS, message_class
+        from .ros.messages import COMMAND_QOS, DEBUG_QOS, SENSOR_QOS, message_class
 
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
@@ -115,11 +115,13 @@ class Watcher:
         self.episodes: list[dict] = []
         spec = policy.spec
         n = self.node
-        n.create_subscription(
+        # Every debug row is needed for the replay (one lost row shifts the hidden state): the
+        # deep debug history keeps rows while this process is starved for a while.
+        self.debug_sub = n.create_subscription(
             Float64MultiArray,
             "/policy_node/observation",
             lambda m: self._add(self.debug, list(m.data)),
-            COMMAND_QOS,
+            DEBUG_QOS,
         )
         n.create_subscription(
             String, "/sim_node/episode", lambda m: self._add(self.episodes, json.loads(m.data)), 10
@@ -226,7 +228,26 @@ def run_demo(
             "the policy node's subscriptions",
             nodes,
         )
+        _wait(
+            lambda: watcher.debug_sub.get_publisher_count() >= 1,
+            60,
+            "the policy node's debug topic",
+            nodes,
+        )
+        # The policy node's control process takes /clock itself; it must hear the first ticks.
+        _wait(
+            lambda: any(
+                i.node_name == "policy_node_io"
+                for i in watcher.node.get_subscriptions_info_by_topic("/clock")
+            ),
+            60,
+            "the policy node's control process on /clock",
+            nodes,
+        )
         _wait(lambda: watcher.pause.service_is_ready(), 60, "the sim node", nodes)
+        # The graph above is the watcher's view; the sim's and the policy's processes match their
+        # own writers and readers a little later, and a paused sim publishes nothing meanwhile.
+        time.sleep(2.0)
         wall0 = time.monotonic()
         watcher.set_paused(False)
         print(
@@ -249,6 +270,8 @@ def run_demo(
     summary = summarize(policy, debug, commands, inputs, episode, wall_s)
     replay = replay_policy(policy, debug)
     summary["replay_max_action_diff"] = replay["max_diff"]
+    summary["replay_compared_ticks"] = replay["compared_rows"]
+    summary["debug_rows_lost"] = replay["lost_rows"]
     plot_demo(robot, policy, debug, truth, replay, episode, out / f"demo_{robot}.png", track_seed)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -299,33 +322,53 @@ def summarize(
 
 def replay_policy(policy: Policy, debug: list) -> dict[str, np.ndarray]:
     """Neuron states by stepping the same policy on the logged (observation, dt); with the action
-    difference to what the node published."""
+    difference to what the node published.
+
+    A row carries the node's steps since its last reset, so a lost row shows as a jump in that
+    count. The hidden state after a lost row is unknown: rows from there to the node's next reset
+    are counted as lost and left out of the comparison (their neuron states are NaN).
+    """
     n_obs, n_act = policy.spec.obs_dim, policy.spec.action_dim
     replay = copy.deepcopy(policy)  # same weights and spec, its own state
     replay.reset()
-    states, actions, logged, times = [], [], [], []
+    states, actions, logged, times, compared = [], [], [], [], []
+    lost, in_sync, prev_since = 0, True, 0
     t = 0.0
     for _, row in debug:
-        dt, since = row[1], row[2]
+        dt, since = row[1], int(row[2])
         obs, act = np.array(row[3 : 3 + n_obs]), np.array(row[3 + n_obs : 3 + n_obs + n_act])
+        if since > 1 and since != prev_since + 1:
+            lost += since - prev_since - 1 if since > prev_since else since - 1
+            in_sync = False
+        prev_since = since
         if since == 0:  # the node published its safe action; the policy did not step
             replay.reset()
+            in_sync = True
             states.append(replay.state.copy())
             actions.append(act)
-        else:
+        elif since == 1 or in_sync:
             if since == 1:
                 replay.reset()
+                in_sync = True
             actions.append(replay.step(obs, dt))
             states.append(replay.state.copy())
+        else:
+            actions.append(act)
+            states.append(np.full_like(replay.state, np.nan))
+        compared.append(in_sync)
         logged.append(act)
         t += dt
         times.append(t)
     actions, logged = np.array(actions).reshape(-1, n_act), np.array(logged).reshape(-1, n_act)
+    mask = np.array(compared, dtype=bool)
+    diff = np.abs(actions - logged)[mask]
     return {
         "t": np.array(times),
         "state": np.array(states),
         "action": logged,
-        "max_diff": float(np.abs(actions - logged).max()) if len(logged) else float("nan"),
+        "max_diff": float(diff.max()) if diff.size else float("nan"),
+        "compared_rows": int(mask.sum()),
+        "lost_rows": int(lost),
         "obs": np.array([row[3 : 3 + n_obs] for _, row in debug]),
     }
 
@@ -455,6 +498,7 @@ def format_summary(s: dict) -> str:
         f"wall (std of the period)",
         f"sensor->command       {s['sensor_to_command_latency_ms_median']:.2f} ms median, "
         f"{s['sensor_to_command_latency_ms_p95']:.2f} ms p95 (wall)",
-        f"replayed LTC vs node  max |action difference| {s['replay_max_action_diff']:.2e}",
+        f"replayed LTC vs node  max |action difference| {s['replay_max_action_diff']:.2e} over "
+        f"{s['replay_compared_ticks']} ticks ({s['debug_rows_lost']} debug rows lost)",
     ]
     return "\n".join(lines)

@@ -52,7 +52,7 @@ from liquid_control.core.policy import Policy
 from liquid_control.core.spec import InterfaceSpec
 
 from .messages import (
-    COMMAND_QOS,
+    DEBUG_QOS,
     LATCHED_QOS,
     RELIABLE_QOS,
     input_qos,
@@ -392,9 +392,7 @@ class ControlLoop:
                     _template(msg_type, fill, slots.size),
                 )
             )
-        self._pub_debug = node.create_publisher(
-            Float64MultiArray, config["debug_topic"], COMMAND_QOS
-        )
+        self._pub_debug = node.create_publisher(Float64MultiArray, config["debug_topic"], DEBUG_QOS)
         self._debug_msg = _debug_message(spec)
         self._debug_values = np.zeros(3 + spec.obs_dim + spec.action_dim)
         self._debug_template = _template(

@@ -37,6 +37,14 @@ COMMAND_QOS = QoSProfile(
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.VOLATILE,
 )
+# The per-tick debug rows (~/observation): reliable with a deep history, so a recorder (rosbag, the
+# demo's replay) that falls behind for up to a second at 1 kHz loses no row.
+DEBUG_QOS = QoSProfile(
+    depth=1000,
+    history=HistoryPolicy.KEEP_LAST,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
 LATCHED_QOS = QoSProfile(
     depth=1,
     history=HistoryPolicy.KEEP_LAST,

@@ -51,7 +51,8 @@ publishes the safe action once and exits; if the control process dies, this node
 uses the DDS receive time of each message on system time, and the tick that takes it on /clock time.
 
 ``~/observation`` (std_msgs/Float64MultiArray, only with ``debug``): per tick
-``[tick, dt_s, steps_since_reset, *raw_observation, *action]`` (labels in ``layout.dim``).
+``[tick, dt_s, steps_since_reset, *raw_observation, *action]`` (labels in ``layout.dim``); reliable,
+history 1000, so a recorder that falls behind for a while loses no row.
 """
 
 from __future__ import annotations
