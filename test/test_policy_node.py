@@ -279,6 +279,8 @@ def test_bad_messages_are_rejected_counted_and_never_reach_the_policy(rig, case,
     assert reason in diag[f"last_rejection_{reason}"] or diag[
         f"last_rejection_{reason}"
     ].startswith("/joint_states")
+    # logged (throttled) by the control process, into the node's output
+    assert "rejected a message on /joint_states" in rig.node.log()
     rows = debug_rows(rig.debug.since(t0))
     assert rows, "no ticks while bad messages arrived"
     for r in rows:

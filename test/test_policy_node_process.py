@@ -7,13 +7,22 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
+import sys
 import time
 
 import numpy as np
 import pytest
-from ros_harness import Harness, NodeProcess, diagnostic_values, save_test_policy
+from ros_harness import (
+    Harness,
+    NodeProcess,
+    diagnostic_values,
+    save_test_policy,
+    write_params_file,
+)
+from sensor_msgs.msg import JointState
 from test_policy_node import SAFE, Sensors, joint_spec
 
 from liquid_control.ros.messages import LATCHED_QOS, SENSOR_QOS
@@ -97,5 +106,41 @@ def test_a_killed_control_process_is_reported_as_an_error_and_unsafe(tmp_path):
             assert "control process exited" in v["_message"], v
             assert "exited" in v["control_process"]
             assert node.running, "the node itself stays up to report"
+        finally:
+            node.stop()
+
+
+def test_the_control_process_logs_at_the_nodes_log_level(tmp_path):
+    """`--ros-args --log-level error`: the control process's warnings are silenced too (it is
+    started without the node's arguments), while what it does is still counted."""
+    path = tmp_path / "p.lcp"
+    save_test_policy(path, joint_spec(), seed=0)
+    params = write_params_file(tmp_path / "params.yaml", {"policy_path": str(path)})
+    argv = [sys.executable, "-m", "liquid_control.ros.policy_node", "--ros-args"]
+    argv += ["--params-file", str(params), "-r", "__node:=quiet_policy", "--log-level", "error"]
+    with Harness("process_harness_3") as h:
+        node = NodeProcess(argv=argv, log_dir=tmp_path)
+        try:
+            sensors = Sensors()
+            cmd = h.subscribe("/cmd", "std_msgs/Float64MultiArray", 1000)
+            diag = h.subscribe("/diagnostics", "diagnostic_msgs/DiagnosticArray")
+            h.publish_periodically("/joint_states", sensors.make, 100.0, SENSOR_QOS)
+            h.wait_for(lambda: len(cmd) >= 5, 30.0, "commands", node)
+            bad = JointState(name=["j1", "j0"], position=[1.0, math.nan], velocity=[0.0, 0.0])
+            for _ in range(5):
+                h.publish("/joint_states", bad, SENSOR_QOS)
+                time.sleep(0.03)
+
+            def rejected():
+                for m in diag.since(time.monotonic() - 2.0):
+                    v = diagnostic_values(m, "quiet_policy")
+                    if v and int(v.get("rejected_non_finite", 0)) >= 3:
+                        return v
+                return None
+
+            h.wait_for(rejected, 10.0, "rejected_non_finite in diagnostics", node)
+            log = node.log()
+            assert "rejected a message" not in log, log[-2000:]
+            assert "every input has arrived" not in log  # the node's own info line, also silenced
         finally:
             node.stop()

@@ -12,7 +12,8 @@ put in place. The garbage collector runs there too, never inside a tick.
 Its ROS entities live on the companion node ``<name>_io``: the input subscriptions, the command
 publishers, ``~/observation`` (debug) and the ``~/estop`` subscriptions (estop is taken at every
 tick by the loop itself, so it needs nothing from the other process). With use_sim_time it takes
-/clock itself. Topic names arrive resolved (remapped) by the node.
+/clock itself. Topic names arrive resolved (remapped) by the node, and its logger is set to the
+node's level (``--ros-args --log-level``): it is started without the node's arguments.
 
 The two processes talk over two pipes in frames (`encode`/`decode`: a JSON header plus raw float64
 arrays, no pickle). The node sends requests (``op``); this process answers each with a reply
@@ -40,6 +41,7 @@ from typing import Any
 
 import numpy as np
 from rclpy.duration import Duration
+from rclpy.logging import LoggingSeverity
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -353,6 +355,8 @@ class ControlLoop:
             start_parameter_services=False,
             parameter_overrides=[Parameter("start_type_description_service", value=False)],
         )
+        if "log_level" in config:
+            node.get_logger().set_level(LoggingSeverity(int(config["log_level"])))
         self.clock = LoopClock(node, bool(config["use_sim_time"]))
         self._period_s = float(config["period_s"])
         self._realtime_priority = int(config["realtime_priority"])
@@ -695,7 +699,6 @@ class ControlLoop:
             return
         if self._waiting:
             self._waiting = False
-            self.node.get_logger().info("every input has arrived: commanding")
             self._send({"ev": "commanding"})
         reasons = [f"stale: {', '.join(stale)}"] if stale else []
         if self._estop:

@@ -425,6 +425,8 @@ class PolicyNode(LifecycleNode):
             "realtime_priority": self._realtime_priority,
             "cpu_affinity": self._cpu_affinity,
             "settings": self._loop_settings(),
+            # the companion node logs at this node's level (--ros-args --log-level ...)
+            "log_level": int(self.get_logger().get_effective_level()),
         }
         self._loop = LoopProcess(self._on_loop_event, self._period_s)
         self._loop.request("configure", timeout_s=60.0, arrays=_bundle(policy), config=config)
