@@ -147,6 +147,12 @@ class Watcher:
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()
 
+    def debug_publisher_matched(self) -> bool:
+        sub = self.debug_sub
+        if hasattr(sub, "get_publisher_count"):  # rclpy >= Jazzy: this reader's matched writers
+            return sub.get_publisher_count() >= 1
+        return self.node.count_publishers("/policy_node/observation") >= 1  # Humble: the graph
+
     def _add(self, target: list, item: Any) -> None:
         with self.lock:
             target.append((time.monotonic(), item) if target is not self.episodes else item)
@@ -229,7 +235,7 @@ def run_demo(
             nodes,
         )
         _wait(
-            lambda: watcher.debug_sub.get_publisher_count() >= 1,
+            watcher.debug_publisher_matched,
             60,
             "the policy node's debug topic",
             nodes,
