@@ -330,9 +330,9 @@ def replay_policy(policy: Policy, debug: list) -> dict[str, np.ndarray]:
     """Neuron states by stepping the same policy on the logged (observation, dt); with the action
     difference to what the node published.
 
-    A row carries the node's steps since its last reset, so a lost row shows as a jump in that
-    count. The hidden state after a lost row is unknown: rows from there to the node's next reset
-    are counted as lost and left out of the comparison (their neuron states are NaN).
+    A row carries the node's steps since its last reset, so lost rows show as a jump in that
+    count (`lost_rows`). The hidden state after them is unknown: the rows from there to the node's
+    next reset are left out of the comparison (`compared_rows`; their neuron states are NaN).
     """
     n_obs, n_act = policy.spec.obs_dim, policy.spec.action_dim
     replay = copy.deepcopy(policy)  # same weights and spec, its own state
