@@ -1,8 +1,12 @@
 """ROS 2 side (rclpy, no torch): the policy node, the MuJoCo sim node and the message table.
 
 - `policy_node`: managed node running an LTC policy at a fixed rate behind a safety layer.
+- `control_loop`: the policy node's control process (the loop itself) and the pipe to it.
+- `wire`: CDR decoding of input messages and pre-serialized command messages for the loop.
+- `sim_node`: a MuJoCo robot behind the same topics, publishing /clock.
 - `messages`: "pkg/Type" -> rclpy message class, and the QoS of inputs, commands and latched state.
 - `stats`: control-loop timing statistics (period error, compute time, missed ticks).
 
-Nothing outside this package imports it except the console-script entry points.
+Outside this package only the console-script entry points and the demo (`liquid_control.demo`)
+import it.
 """

@@ -133,8 +133,18 @@ class Pipe:
         body = self._read_exactly(FRAME.unpack(head)[0])
         return None if body is None else decode(body)
 
+    def close_write(self) -> None:
+        """Close the writing end only (the other side reads end of file)."""
+        self._close("_w")
+
     def close(self) -> None:
-        for fd in {self._r, self._w}:
+        self._close("_w")
+        self._close("_r")
+
+    def _close(self, end: str) -> None:
+        fd = getattr(self, end)
+        setattr(self, end, -1)  # never closed twice: the number may belong to a new file by then
+        if fd >= 0:
             try:
                 os.close(fd)
             except OSError:
@@ -268,20 +278,14 @@ class LoopProcess:
             self.send("quit")
         except LoopProcessError:
             pass
-        try:
-            os.close(self._pipe._w)
-        except OSError:
-            pass
+        self._pipe.close_write()
         try:
             self._proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
         self._reader.join(timeout_s)
-        try:
-            os.close(self._pipe._r)
-        except OSError:
-            pass
+        self._pipe.close()
 
 
 # -------------------------------------------------------------------------------------------
@@ -507,7 +511,6 @@ class ControlLoop:
 
     # -- activation ------------------------------------------------------------------------
     def _clear_run_state(self) -> None:
-        self._pending_reset = False
         self._reset_requested = False
         self._needs_reset = False
         self._steps_since_reset = 0

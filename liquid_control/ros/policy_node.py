@@ -61,7 +61,6 @@ import math
 import os
 import signal
 import sys
-import threading
 from typing import Any
 
 import numpy as np
@@ -199,7 +198,6 @@ class PolicyNode(LifecycleNode):
         self._debug = bool(p("debug"))
         self._realtime_priority = int(p("realtime_priority"))
         self._cpu_affinity = [int(c) for c in p("cpu_affinity")]
-        self._realtime_status = "normal scheduling"
         if not 0 <= self._realtime_priority <= 99:
             raise ValueError(
                 f"parameter realtime_priority: expected 0 (off) to 99, got {self._realtime_priority}"
@@ -608,6 +606,7 @@ class PolicyNode(LifecycleNode):
         except LoopProcessError as exc:
             loop, loop_error = {}, str(exc)
         missing = loop.pop("missing_inputs", [])
+        last_loop_error = loop.pop("loop_error", "")  # the loop's own, not a failed request
         stats = self._loop.stats  # written by the control process, summarised here
         window, total = stats.window_summary(), stats.total_summary()
         values: dict[str, Any] = {
@@ -624,9 +623,8 @@ class PolicyNode(LifecycleNode):
             "safe_action_mode": self._safe_mode,
             "swap_refusals": self._swap_refusals,
             "last_swap_error": self._last_swap_error,
-            "last_error": loop_error or self._last_error or loop.pop("loop_error", ""),
+            "last_error": loop_error or self._last_error or last_loop_error,
         }
-        values.pop("loop_error", None)
         non_finite = int(loop.get("non_finite_outputs", 0))
         new_non_finite = non_finite - self._non_finite_reported
         self._non_finite_reported = non_finite
@@ -736,11 +734,10 @@ def main(args: list[str] | None = None) -> None:
         rclpy.try_shutdown()
 
 
-def spin(executor: Executor, stop: threading.Event | None = None) -> None:
-    """`executor.spin()` (until `stop` is set) that survives rclpy's race between destroying an
-    entity in another thread and the executor adding its QoS-event waitable to the wait set."""
-    stop = stop or threading.Event()
-    while executor.context.ok() and not stop.is_set():
+def spin(executor: Executor) -> None:
+    """`executor.spin()` that survives rclpy's race between destroying an entity in another
+    thread and the executor adding its QoS-event waitable to the wait set."""
+    while executor.context.ok():
         try:
             executor.spin_once(timeout_sec=0.5)
         except InvalidHandle:
