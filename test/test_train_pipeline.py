@@ -317,45 +317,23 @@ def test_distillation_resumed_after_kill_matches_an_uninterrupted_run(
     from safetensors.numpy import load_file
 
     cfg_path = write_config(tmp_path / "tiny.yaml", TINY)
+
+    def distill_args(out: Path) -> tuple[str, ...]:
+        stages = ("--stages", "teacher,distill", "--no-progress")
+        return ("train", str(cfg_path), "--out", str(out), "--resume", *stages)
+
     reference = copy_run(tiny_teacher, tmp_path / "reference")
-    result = cli(
-        "train",
-        str(cfg_path),
-        "--out",
-        str(reference),
-        "--resume",
-        "--stages",
-        "teacher,distill",
-        "--no-progress",
-    )
+    result = cli(*distill_args(reference))
     assert result.returncode == 0, result.stderr[-3000:]
 
     run = copy_run(tiny_teacher, tmp_path / "killed")
-    proc = cli_started(
-        "train",
-        str(cfg_path),
-        "--out",
-        str(run),
-        "--resume",
-        "--stages",
-        "teacher,distill",
-        "--no-progress",
-    )
+    proc = cli_started(*distill_args(run))
     _kill_when(proc, run / "distill" / "progress.json")  # killed during round 2
     assert proc.returncode == -signal.SIGKILL
     progress = json.loads((run / "distill" / "progress.json").read_text())  # intact JSON
     assert 1 <= progress["iteration"] < TINY["distill"]["iterations"]
     assert not (run / "distill" / "done.json").exists()
-    result = cli(
-        "train",
-        str(cfg_path),
-        "--out",
-        str(run),
-        "--resume",
-        "--stages",
-        "teacher,distill",
-        "--no-progress",
-    )
+    result = cli(*distill_args(run))
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("best_ltc.safetensors", "best_lstm.safetensors"):
         a, b = load_file(reference / "distill" / name), load_file(run / "distill" / name)
