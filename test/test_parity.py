@@ -137,14 +137,14 @@ def over_ros(
             assert t_k in msgs, f"no {topic} message stamped {t_k} s (tick {k})"
             assembler.update(topic, msgs[t_k])
         observations.append(assembler.raw())
-    from liquid_control.ros.sim_node import read_command
+    from liquid_control.core.adapters import CommandReader
 
-    elements = {t: [e for e in spec.actions if e.topic == t] for t in commands}
+    reader = CommandReader(spec)
     actions = np.zeros((ticks, spec.action_dim))
     for topic, rec in commands.items():
-        slots = [spec.actions.index(e) for e in elements[topic]]
+        slots = reader.topics[topic][0]
         for k in range(ticks):
-            actions[k, slots] = read_command(elements[topic], rec.messages[k])
+            actions[k, slots] = reader.read(topic, rec.messages[k])
     return np.array(observations), actions
 
 

@@ -160,8 +160,16 @@ def test_bad_recipes_name_the_field(recipe, inputs, match):
     "mutate,match",
     [
         (lambda d: d.pop("adjacency"), "missing fields"),
-        (lambda d: d.update(adjacency=[[2] * 19] * 19), "entries must be -1, 0 or \\+1"),
-        (lambda d: d.update(units=20), "expected shape \\(20, 20\\)"),
+        (
+            lambda d: d.update(adjacency=[[2] * 19] * 19),
+            "adjacency\\[0\\]\\[0\\]: expected -1, 0 or \\+1",
+        ),
+        (lambda d: d.update(units=20), "expected 20 rows of 20 entries, got 19 rows"),
+        (lambda d: d["adjacency"][3].__setitem__(2, 2**70), "adjacency\\[3\\]\\[2\\]: expected -1"),
+        (lambda d: d["adjacency"][0].__setitem__(0, 1.0), "adjacency\\[0\\]\\[0\\]: expected -1"),
+        (lambda d: d["adjacency"][0].__setitem__(0, True), "adjacency\\[0\\]\\[0\\]: expected -1"),
+        (lambda d: d.update(layers=[["motor"]] * 19), "layers: expected a list of layer names"),
+        (lambda d: d.update(units=10**30), "units: expected an integer <= 1024"),
         (lambda d: d.update(layers=["motor"] * 18), "layers: expected 19 names"),
         (lambda d: d.update(layers=["brain"] * 19), "unknown layer names"),
         (lambda d: d.update(output_dim=0), "output_dim"),

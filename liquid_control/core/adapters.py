@@ -1,21 +1,13 @@
-"""Message <-> vector adapters: one table for every message type (no ROS import).
+"""Message <-> vector adapters over the message table (`message_types`; no ROS import).
 
-Readers work on anything with the message's attribute layout: real rclpy messages on the robot, and
-plain namespaces built by the simulator (`message_from_fields`), so the gym env, the sim node and the
-policy node all turn messages into vectors with this same code.
-
-Validation (a message that fails is rejected whole and never reaches the policy):
-- any NaN or infinite value read (LaserScan: +inf is "no return" by REP 117 and reads as
-  ``range_max``; NaN and -inf are rejected),
-- JointState without a named joint, or with ``position``/``velocity``/``effort`` arrays whose length
-  differs from ``name``,
-- Float64MultiArray shorter than the highest index read,
-- LaserScan with no beams or a non-positive ``range_max``.
+Readers work on anything with the message's attribute layout: real rclpy messages on the robot,
+namespaces decoded from serialized bytes (`ros.wire`), and plain namespaces built by the simulator
+(`message_from_fields`), so the gym env, the sim node and the policy node all turn messages into
+vectors with this same code. What each type's reader validates is listed in `message_types`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -23,128 +15,20 @@ from typing import Any
 
 import numpy as np
 
+from .message_types import MESSAGE_TYPES, MessageRejected
 from .spec import ActionElement, InterfaceSpec, ObservationElement
 
+__all__ = [
+    "ActionWriter",
+    "CommandReader",
+    "MessageRejected",
+    "ObservationAssembler",
+    "TopicReader",
+    "fields_to_message",
+    "message_from_fields",
+    "observe",
+]
 
-class MessageRejected(ValueError):
-    """A message failed validation. `reason` is a short code for counters and diagnostics."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
-def _path_getter(path: str) -> Callable[[Any], Any]:
-    parts = path.split(".")
-
-    def get(msg: Any) -> Any:
-        for p in parts:
-            msg = getattr(msg, p)
-        return msg
-
-    return get
-
-
-# --------------------------------------------------------------------------------------------
-# Readers: msg_type -> function(elements) -> function(msg) -> np.ndarray of raw values
-# --------------------------------------------------------------------------------------------
-
-
-def _read_joint_state(elements: list[ObservationElement]) -> Callable[[Any], np.ndarray]:
-    wanted = [(e.key, e.field) for e in elements]
-    used_fields = sorted({f for _, f in wanted})
-    # field -> positions in the output; the joint indices per field are cached per name order
-    positions = {f: np.array([k for k, (_, g) in enumerate(wanted) if g == f]) for f in used_fields}
-    cache: dict[tuple, list[tuple[str, np.ndarray, np.ndarray]]] = {}
-
-    def read(msg: Any) -> np.ndarray:
-        names = tuple(msg.name)
-        plan = cache.get(names)
-        if plan is None:
-            lookup = {n: i for i, n in enumerate(names)}
-            missing = [k for k, _ in wanted if k not in lookup]
-            if missing:
-                raise MessageRejected(
-                    "missing_joint", f"joints {sorted(set(missing))} not in {list(names)}"
-                )
-            plan = [
-                (f, positions[f], np.array([lookup[k] for k, g in wanted if g == f]))
-                for f in used_fields
-            ]
-            if len(cache) > 8:
-                cache.clear()
-            cache[names] = plan
-        out = np.empty(len(wanted))
-        for f, pos, idx in plan:
-            arr = getattr(msg, f)
-            if len(arr) != len(names):
-                raise MessageRejected(
-                    "wrong_length", f"JointState.{f} has {len(arr)} values for {len(names)} names"
-                )
-            out[pos] = np.asarray(arr, np.float64)[idx]
-        return out
-
-    return read
-
-
-def _read_laser_scan(elements: list[ObservationElement]) -> Callable[[Any], np.ndarray]:
-    picks = [(e.index, e.sectors) for e in elements]
-
-    def read(msg: Any) -> np.ndarray:
-        ranges = np.asarray(msg.ranges, np.float64)
-        rmax = float(msg.range_max)
-        if ranges.size == 0:
-            raise MessageRejected("wrong_length", "LaserScan has no ranges")
-        if not math.isfinite(rmax) or rmax <= 0:
-            raise MessageRejected("non_finite", f"LaserScan.range_max is {rmax}")
-        if np.isnan(ranges).any() or np.isneginf(ranges).any():
-            raise MessageRejected("non_finite", "LaserScan.ranges has NaN or -inf")
-        # REP 117: +inf = nothing within range. Sectors are equal slices of the scan, whatever
-        # the beam count, so a real lidar with more beams than the simulated one maps the same.
-        ranges = np.minimum(ranges, rmax)
-        out = np.empty(len(picks))
-        for j, (i, n) in enumerate(picks):
-            lo = (i * ranges.size) // n
-            hi = max(((i + 1) * ranges.size) // n, lo + 1)
-            out[j] = ranges[lo:hi].min()
-        return out
-
-    return read
-
-
-def _read_multi_array(elements: list[ObservationElement]) -> Callable[[Any], np.ndarray]:
-    index = np.array([e.index for e in elements])
-    need = int(index.max()) + 1
-
-    def read(msg: Any) -> np.ndarray:
-        data = np.asarray(msg.data, np.float64)
-        if data.size < need:
-            raise MessageRejected(
-                "wrong_length", f"Float64MultiArray.data has {data.size} values, need {need}"
-            )
-        return data[index]
-
-    return read
-
-
-def _read_fields(elements: list[ObservationElement]) -> Callable[[Any], np.ndarray]:
-    getters = [_path_getter(e.field) for e in elements]
-
-    def read(msg: Any) -> np.ndarray:
-        return np.array([float(g(msg)) for g in getters], np.float64)
-
-    return read
-
-
-READERS: dict[str, Callable[[list[ObservationElement]], Callable[[Any], np.ndarray]]] = {
-    "sensor_msgs/JointState": _read_joint_state,
-    "sensor_msgs/LaserScan": _read_laser_scan,
-    "std_msgs/Float64MultiArray": _read_multi_array,
-    "sensor_msgs/Imu": _read_fields,
-    "nav_msgs/Odometry": _read_fields,
-    "geometry_msgs/Twist": _read_fields,
-}
 
 _TRANSFORMS = {"identity": None, "sin": np.sin, "cos": np.cos}
 
@@ -164,10 +48,8 @@ class TopicReader:
             values = self.read_raw(msg)
         except MessageRejected:
             raise
-        except (AttributeError, TypeError, ValueError, IndexError) as exc:
+        except (AttributeError, TypeError, ValueError, IndexError, OverflowError) as exc:
             raise MessageRejected("malformed", f"{self.msg_type} on {self.topic}: {exc}") from exc
-        if not np.isfinite(values).all():
-            raise MessageRejected("non_finite", f"{self.topic}: NaN or Inf in the values read")
         for positions, fn in self.transforms:
             values[positions] = fn(values[positions])
         return values
@@ -197,7 +79,7 @@ class ObservationAssembler:
                 topic,
                 elements[0].msg_type,
                 np.array([i for i, _ in items]),
-                READERS[elements[0].msg_type](elements),
+                MESSAGE_TYPES[elements[0].msg_type].reader(elements),
                 transforms,
             )
         self._raw = np.zeros(spec.obs_dim)
@@ -249,50 +131,6 @@ def observe(spec: InterfaceSpec, messages: dict[str, Any]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def _set_path(msg: Any, path: str, value: float) -> None:
-    *head, last = path.split(".")
-    for p in head:
-        msg = getattr(msg, p)
-    setattr(msg, last, float(value))
-
-
-def _write_multi_array(
-    msg: Any, elements: list[ActionElement], values: np.ndarray, make: Callable
-) -> None:
-    data = [0.0] * (max(e.index for e in elements) + 1)
-    for e, v in zip(elements, values, strict=True):
-        data[e.index] = float(v)
-    msg.data = data
-
-
-def _write_fields(
-    msg: Any, elements: list[ActionElement], values: np.ndarray, make: Callable
-) -> None:
-    for e, v in zip(elements, values, strict=True):
-        _set_path(msg, e.field, v)
-
-
-def _write_trajectory(
-    msg: Any, elements: list[ActionElement], values: np.ndarray, make: Callable
-) -> None:
-    joints = list(dict.fromkeys(e.key for e in elements))
-    point = make("trajectory_msgs/JointTrajectoryPoint")
-    columns: dict[str, list[float]] = {}
-    for e, v in zip(elements, values, strict=True):
-        columns.setdefault(e.field, [0.0] * len(joints))[joints.index(e.key)] = float(v)
-    for f, col in columns.items():
-        setattr(point, f, col)
-    msg.joint_names = joints
-    msg.points = [point]
-
-
-WRITERS: dict[str, Callable[[Any, list[ActionElement], np.ndarray, Callable], None]] = {
-    "std_msgs/Float64MultiArray": _write_multi_array,
-    "geometry_msgs/Twist": _write_fields,
-    "trajectory_msgs/JointTrajectory": _write_trajectory,
-}
-
-
 class ActionWriter:
     """Fills output messages from an action vector (robot units), topic by topic."""
 
@@ -312,8 +150,27 @@ class ActionWriter:
         """Write the elements of `action` that belong to `topic` into `msg`; `make(type)` builds
         nested message objects (JointTrajectoryPoint)."""
         msg_type, slots, elements = self.topics[topic]
-        WRITERS[msg_type](msg, elements, np.asarray(action)[slots], make)
+        MESSAGE_TYPES[msg_type].writer(msg, elements, np.asarray(action)[slots], make)
         return msg
+
+
+class CommandReader:
+    """Reads action values back from command messages, topic by topic (the sim node's side)."""
+
+    def __init__(self, spec: InterfaceSpec) -> None:
+        self.topics: dict[str, tuple[np.ndarray, Callable[[Any], np.ndarray]]] = {}
+        for topic, (msg_type, slots, elements) in ActionWriter(spec).topics.items():
+            self.topics[topic] = (slots, MESSAGE_TYPES[msg_type].command_reader(elements))
+
+    def read(self, topic: str, msg: Any) -> np.ndarray:
+        """The action values `msg` carries for `topic` (robot units; MessageRejected if it does
+        not carry them all, or one is not finite)."""
+        try:
+            return self.topics[topic][1](msg)
+        except MessageRejected:
+            raise
+        except (AttributeError, TypeError, ValueError, IndexError, OverflowError) as exc:
+            raise MessageRejected("malformed", f"command on {topic}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,6 +24,12 @@ from .policy_file import PolicyFileError, read_policy_file, write_policy_file
 from .spec import InterfaceSpec, SpecError
 from .wiring import Wiring, WiringError
 
+MAX_ODE_UNFOLDS = 64  # ncps uses 6; more is slower and no more accurate at control rates
+EPSILON_RANGE = (1e-12, 1e-2)  # keeps the solver's denominator > 0 without biasing it
+TIME_UNIT_RANGE_S = (1e-6, 3600.0)
+STATE_TOLERANCE = 1e-6  # relative: rounding of the fused step, far below any corruption
+MODEL_FIELDS = ("type", "ode_unfolds", "epsilon", "time_unit_s", "input_mapping", "output_mapping")
+
 
 class Policy:
     """A deployable LTC policy (keeps its hidden state between `step` calls)."""
@@ -48,8 +54,18 @@ class Policy:
             raise SpecError(
                 f"spec has {spec.action_dim} actions but the wiring has {wiring.output_dim} motor neurons"
             )
-        if not isinstance(ode_unfolds, int) or ode_unfolds < 1:
-            raise ValueError(f"ode_unfolds: expected an integer >= 1, got {ode_unfolds!r}")
+        if (
+            isinstance(ode_unfolds, bool)
+            or not isinstance(ode_unfolds, int)
+            or not 1 <= ode_unfolds <= MAX_ODE_UNFOLDS
+        ):
+            raise ValueError(
+                f"model.ode_unfolds: expected an integer from 1 to {MAX_ODE_UNFOLDS}, "
+                f"got {ode_unfolds!r:.40}"
+            )
+        epsilon = _number("model.epsilon", epsilon, *EPSILON_RANGE)
+        if time_unit_s is not None:
+            time_unit_s = _number("model.time_unit_s", time_unit_s, *TIME_UNIT_RANGE_S)
         self.wiring = wiring
         self.params = {k: np.asarray(params[k]) for k in PARAM_NAMES}
         self.spec = spec
@@ -65,6 +81,7 @@ class Policy:
         self._mean, self._inv_std = spec.obs_mean, 1.0 / spec.obs_std
         self._scale, self._offset = spec.action_scale, spec.action_offset
         self._low, self._high = spec.action_low, spec.action_high
+        self.state_low, self.state_high = state_bounds(wiring, self.params)
         self.state = self._cell.zero_state()
 
     # -- running ---------------------------------------------------------------------------
@@ -114,6 +131,7 @@ class Policy:
         out = {f"cell.{k}": v for k, v in self._cell.runtime().items()}
         out.update({name[1:]: np.array(getattr(self, name), np.float64) for name in self.AFFINE})
         out["time_unit_s"] = np.array(self.time_unit_s)
+        out["state_low"], out["state_high"] = self.state_low.copy(), self.state_high.copy()
         return out
 
     @classmethod
@@ -140,6 +158,12 @@ class Policy:
         policy.wiring, policy.params, policy.spec = None, {}, spec  # type: ignore[assignment]
         policy.ode_unfolds, policy.epsilon = policy._cell.ode_unfolds, float("nan")
         policy.time_unit_s = float(arrays["time_unit_s"])
+        policy.state_low = np.array(arrays["state_low"], np.float64)
+        policy.state_high = np.array(arrays["state_high"], np.float64)
+        if policy.state_low.shape != (policy._cell.units,) or policy.state_high.shape != (
+            policy._cell.units,
+        ):
+            raise ValueError("policy runtime: state bounds do not fit the cell")
         policy.provenance, policy.content_hash, policy.path = {}, content_hash, None
         policy.state = policy._cell.zero_state()
         return policy
@@ -172,16 +196,44 @@ class Policy:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Policy:
-        """Load and validate a policy file (raises PolicyFileError naming the problem)."""
+        """Load and validate a policy file.
+
+        Every malformed file raises one `PolicyFileError` naming the field and what was expected:
+        the file itself (`read_policy_file`: format, hash, tensors), the model settings (bounded
+        `ode_unfolds`, `epsilon`, `time_unit_s`), the wiring, the interface spec, the weights, and
+        finally one step on the normaliser's mean observation, which must give a finite action and
+        a hidden state inside its bounds. Nothing else escapes: an unexpected exception from the
+        checks themselves becomes a PolicyFileError too (the node must never crash on a file)."""
+        try:
+            return cls._load(path)
+        except PolicyFileError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (last resort: any file content ends in a refusal)
+            raise PolicyFileError(
+                path, f"invalid content ({type(exc).__name__}: {str(exc)[:200]})"
+            ) from None
+
+    @classmethod
+    def _load(cls, path: str | os.PathLike) -> Policy:
         meta, tensors = read_policy_file(path)
         model = meta.get("model")
         if not isinstance(model, dict) or model.get("type") != "LTC":
-            raise PolicyFileError(path, f"model: expected {{'type': 'LTC', ...}}, got {model!r}")
+            raise PolicyFileError(
+                path, f"model: expected {{'type': 'LTC', ...}}, got {model!r:.80}"
+            )
+        unknown = sorted(set(model) - set(MODEL_FIELDS))
+        if unknown:
+            raise PolicyFileError(
+                path, f"model: unknown fields {unknown}; expected some of {list(MODEL_FIELDS)}"
+            )
         for key in ("input_mapping", "output_mapping"):
             if model.get(key, "affine") != "affine":
                 raise PolicyFileError(
-                    path, f"model.{key}: expected 'affine', got {model.get(key)!r}"
+                    path, f"model.{key}: expected 'affine', got {model.get(key)!r:.40}"
                 )
+        provenance = meta.get("provenance", {})
+        if not isinstance(provenance, dict):
+            raise PolicyFileError(path, f"provenance: expected a mapping, got {provenance!r:.80}")
         try:
             wiring = Wiring.from_dict(meta.get("wiring"))
         except WiringError as exc:
@@ -198,13 +250,37 @@ class Policy:
                 ode_unfolds=model.get("ode_unfolds", 6),
                 epsilon=model.get("epsilon", 1e-8),
                 time_unit_s=model.get("time_unit_s"),
-                provenance=meta.get("provenance"),
+                provenance=provenance,
                 content_hash=meta.get("content_hash"),
             )
         except (ValueError, TypeError) as exc:
             raise PolicyFileError(path, str(exc)) from None
         policy.path = str(path)
+        policy.check_steps_finite(path)
         return policy
+
+    def check_steps_finite(self, path: str | os.PathLike = "policy") -> None:
+        """One nominal step on the normaliser's mean observation must give a finite action and a
+        hidden state within `state_low`/`state_high` (PolicyFileError otherwise); state reset."""
+        with np.errstate(all="ignore"):
+            action = self.step(self.spec.obs_mean)
+        state = self.state
+        self.reset()
+        if not np.isfinite(action).all() or not np.isfinite(state).all():
+            raise PolicyFileError(
+                path,
+                "one step on the mean observation gives a non-finite action "
+                f"{np.round(action, 6).tolist()} (weights out of any usable range)",
+            )
+        if not self.state_ok(state):
+            raise PolicyFileError(path, "one step leaves the hidden state outside its bounds")
+
+    def state_ok(self, state: np.ndarray | None = None) -> bool:
+        """Whether a hidden state lies inside the box the LTC solver keeps it in (see
+        `state_bounds`); False means corruption (or a bug), never a legitimate state."""
+        v = self.state if state is None else state
+        tol = STATE_TOLERANCE * (1.0 + np.maximum(np.abs(self.state_low), np.abs(self.state_high)))
+        return bool(np.all(v >= self.state_low - tol) and np.all(v <= self.state_high + tol))
 
     # -- description -----------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
@@ -219,6 +295,39 @@ class Policy:
             "content_hash": self.content_hash,
             "provenance": self.provenance,
         }
+
+
+def _number(name: str, value: Any, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name}: expected a number from {lo:g} to {hi:g}, got {value!r:.40}")
+    try:
+        v = float(value)
+    except OverflowError:  # an integer beyond float range
+        v = math.inf
+    if not lo <= v <= hi:  # NaN fails too
+        raise ValueError(f"{name}: expected a number from {lo:g} to {hi:g}, got {v!r}")
+    return v
+
+
+def state_bounds(wiring: Wiring, params: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The box every neuron's potential stays in, whatever the inputs and elapsed times.
+
+    Each fused semi-implicit step (`ltc.py`) sets v_j to (sum_k c_k x_k) / (sum_k c_k + eps) with
+    weights c_k >= 0 (cm/h, gleak, w*s) over x_k in {v_j, vleak_j, erev_ij of its synapses}: a
+    weighted mean shrunk towards 0 (the LTC paper's state-stability result). From v = 0, v_j so
+    stays within [min(0, vleak_j, erev_.j), max(0, vleak_j, erev_.j)]; a state outside can only
+    come from corruption. Returns (low, high), each (units,)."""
+    vleak = np.asarray(params["vleak"], np.float64)
+    lo, hi = np.minimum(vleak, 0.0), np.maximum(vleak, 0.0)
+    for adj, erev in (
+        (wiring.adjacency, params["erev"]),
+        (wiring.sensory_adjacency, params["sensory_erev"]),
+    ):
+        present = np.asarray(adj) != 0
+        e = np.asarray(erev, np.float64)
+        lo = np.minimum(lo, np.where(present, e, np.inf).min(axis=0))
+        hi = np.maximum(hi, np.where(present, e, -np.inf).max(axis=0))
+    return lo, hi
 
 
 def check_params(wiring: Wiring, params: dict[str, np.ndarray]) -> None:

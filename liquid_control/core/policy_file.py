@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import stat
 import struct
 import tempfile
 from pathlib import Path
@@ -31,6 +33,8 @@ FORMAT = "liquid_control.policy"
 FORMAT_VERSION = 1
 METADATA_KEY = "liquid_control"
 MAX_HEADER_BYTES = 16 * 1024 * 1024
+MAX_FILE_BYTES = 256 * 1024 * 1024
+MAX_TENSOR_DIM = 1 << 20
 _DTYPES = {"F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
 _DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 
@@ -139,16 +143,100 @@ def _refuse_foreign(path: str | os.PathLike, blob: bytes) -> None:
         )
 
 
-def read_policy_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Read and check a policy file; returns (metadata, tensors). Raises PolicyFileError."""
+def _json_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not a number JSON allows (expected finite numbers only)")
+
+
+def parse_json(text: str | bytes) -> Any:
+    """Strict JSON: NaN, Infinity and -Infinity are refused, as is nesting Python cannot parse."""
     try:
-        blob = Path(path).read_bytes()
+        return json.loads(text, parse_constant=_json_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def read_file_bytes(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file, never blocking: a FIFO, a device, a socket or a folder is
+    refused (opened non-blocking, checked with fstat before any read), as is a file over
+    `max_bytes`. Raises PolicyFileError naming what the path is instead."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise PolicyFileError(path, "no such file") from None
     except IsADirectoryError:
         raise PolicyFileError(path, "is a folder, expected a policy file") from None
     except OSError as exc:
+        raise PolicyFileError(path, f"cannot be opened ({exc.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise PolicyFileError(path, "is a folder, expected a policy file")
+        if not stat.S_ISREG(info.st_mode):
+            kind = {
+                stat.S_ISFIFO: "a FIFO (named pipe)",
+                stat.S_ISCHR: "a character device",
+                stat.S_ISBLK: "a block device",
+                stat.S_ISSOCK: "a socket",
+            }
+            what = next((name for test, name in kind.items() if test(info.st_mode)), "not a file")
+            raise PolicyFileError(path, f"is {what}, expected a regular policy file")
+        if info.st_size > max_bytes:
+            raise PolicyFileError(
+                path, f"is {info.st_size} bytes; a policy file is at most {max_bytes} bytes"
+            )
+        os.set_blocking(fd, True)
+        chunks, left = [], info.st_size + 1  # one byte more: a file that grew is noticed
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        blob = b"".join(chunks)
+    except OSError as exc:
         raise PolicyFileError(path, f"cannot be read ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+    if len(blob) > max_bytes:
+        raise PolicyFileError(path, f"is over {max_bytes} bytes")
+    return blob
+
+
+def _tensor_entry(
+    path: str | os.PathLike, name: str, info: Any
+) -> tuple[np.dtype, tuple, int, int]:
+    """(dtype, shape, begin, end) of one safetensors header entry, every part checked."""
+    expected = "expected {'dtype': 'F32'|'F64', 'shape': [ints], 'data_offsets': [begin, end]}"
+    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        raise PolicyFileError(path, f"tensor {name!r}: bad entry {info!r:.120}; {expected}")
+    dtype = _DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
+    if dtype is None:
+        raise PolicyFileError(path, f"tensor {name!r}: dtype {info['dtype']!r:.40}; {expected}")
+
+    def ints(field: str, value: Any, size: int | None) -> tuple[int, ...]:
+        ok = isinstance(value, list) and (size is None or len(value) == size)
+        ok = ok and len(value) <= 8 and all(type(v) is int for v in value)
+        if not ok or any(not 0 <= v <= (1 << 40) for v in value):
+            raise PolicyFileError(path, f"tensor {name!r}: {field} {value!r:.80}; {expected}")
+        return tuple(value)
+
+    shape = ints("shape", info["shape"], None)
+    if any(d > MAX_TENSOR_DIM for d in shape):
+        raise PolicyFileError(
+            path, f"tensor {name!r}: shape {list(shape)} has a dimension over {MAX_TENSOR_DIM}"
+        )
+    begin, end = ints("data_offsets", info["data_offsets"], 2)
+    count = math.prod(shape)
+    if end - begin != count * dtype.itemsize:
+        raise PolicyFileError(
+            path, f"tensor {name!r}: {end - begin} bytes for shape {list(shape)} of {info['dtype']}"
+        )
+    return dtype, shape, begin, end
+
+
+def read_policy_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Read and check a policy file; returns (metadata, tensors). Raises PolicyFileError."""
+    blob = read_file_bytes(path)
     _refuse_foreign(path, blob)
     if len(blob) < 8:
         raise PolicyFileError(
@@ -161,8 +249,8 @@ def read_policy_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str,
             f"truncated or not a policy file: header length {n} but the file has {len(blob) - 8} bytes after it",
         )
     try:
-        header = json.loads(blob[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        header = parse_json(blob[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
         raise PolicyFileError(path, f"corrupt header: not JSON ({exc})") from None
     if not isinstance(header, dict):
         raise PolicyFileError(path, "corrupt header: expected a JSON object")
@@ -174,40 +262,29 @@ def read_policy_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str,
             path,
             f"no '{METADATA_KEY}' metadata: a safetensors file, but not a liquid_control policy",
         )
+    if not isinstance(meta_raw[METADATA_KEY], str):
+        raise PolicyFileError(path, f"metadata: expected a JSON string under '{METADATA_KEY}'")
     try:
-        meta = json.loads(meta_raw[METADATA_KEY])
-    except (TypeError, json.JSONDecodeError) as exc:
+        meta = parse_json(meta_raw[METADATA_KEY])
+    except ValueError as exc:
         raise PolicyFileError(path, f"corrupt metadata: not JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise PolicyFileError(
             path,
-            f"format is {meta.get('format') if isinstance(meta, dict) else meta!r}, expected {FORMAT!r}",
+            f"format is {meta.get('format') if isinstance(meta, dict) else meta!r:.80}, "
+            f"expected {FORMAT!r}",
         )
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise PolicyFileError(
             path,
-            f"format_version is {version!r}; this liquid_control reads version {FORMAT_VERSION}",
+            f"format_version is {version!r:.40}; this liquid_control reads version {FORMAT_VERSION}",
         )
 
     tensors: dict[str, np.ndarray] = {}
     end_max = 0
     for name, info in header.items():
-        try:
-            dtype = _DTYPES[info["dtype"]]
-            shape = tuple(int(d) for d in info["shape"])
-            begin, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise PolicyFileError(
-                path,
-                f"tensor {name!r}: bad entry {info!r}, expected dtype F32/F64, shape, data_offsets",
-            ) from None
-        count = int(np.prod(shape)) if shape else 1
-        if any(d < 0 for d in shape) or end - begin != count * dtype.itemsize or begin < 0:
-            raise PolicyFileError(
-                path,
-                f"tensor {name!r}: {end - begin} bytes for shape {list(shape)} of {info['dtype']}",
-            )
+        dtype, shape, begin, end = _tensor_entry(path, name, info)
         if end > len(buffer):
             raise PolicyFileError(
                 path, f"truncated: tensor {name!r} ends at byte {end}, the data has {len(buffer)}"
@@ -220,11 +297,14 @@ def read_policy_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str,
             f"{len(buffer) - end_max} unexpected bytes after the last tensor (corrupt or appended to)",
         )
     expected = meta.get("content_hash")
-    actual = content_hash(meta, tensors)
+    try:
+        actual = content_hash(meta, tensors)
+    except (TypeError, ValueError, RecursionError) as exc:  # not writable back canonically
+        raise PolicyFileError(path, f"metadata cannot be hashed ({exc})") from None
     if expected != actual:
         raise PolicyFileError(
             path,
-            f"content hash mismatch: the file says {expected}, its content hashes to {actual} "
+            f"content hash mismatch: the file says {expected!r:.80}, its content hashes to {actual} "
             "(corrupted or edited)",
         )
     return meta, tensors

@@ -24,22 +24,33 @@ from typing import Any
 
 import numpy as np
 
-OBSERVATION_TYPES = (
-    "sensor_msgs/JointState",
-    "sensor_msgs/Imu",
-    "sensor_msgs/LaserScan",
-    "nav_msgs/Odometry",
-    "geometry_msgs/Twist",
-    "std_msgs/Float64MultiArray",
+from .message_types import (
+    ACTION_TYPES,
+    INTERFACES,
+    JOINT_FIELDS,
+    MESSAGE_TYPES,
+    OBSERVATION_TYPES,
+    TRAJECTORY_FIELDS,
+    ElementInvalid,
 )
-ACTION_TYPES = (
-    "std_msgs/Float64MultiArray",
-    "geometry_msgs/Twist",
-    "trajectory_msgs/JointTrajectory",
-)
+
+__all__ = [
+    "ACTION_TYPES",
+    "JOINT_FIELDS",
+    "OBSERVATION_TYPES",
+    "TRAJECTORY_FIELDS",
+    "ActionElement",
+    "InterfaceSpec",
+    "ObservationElement",
+    "SpecError",
+]
+
 TRANSFORMS = ("identity", "sin", "cos")
-JOINT_FIELDS = ("position", "velocity", "effort")
-TRAJECTORY_FIELDS = ("positions", "velocities", "accelerations", "effort")
+# Bounds that keep every spec a robot could use, and refuse what only a crafted file would hold.
+MAX_ELEMENTS = 4096
+MAX_INDEX = 1_000_000
+MAX_RATE_HZ = 10_000.0
+MAX_TEXT = 256
 
 
 class SpecError(ValueError):
@@ -47,18 +58,74 @@ class SpecError(ValueError):
 
 
 def _finite(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise SpecError(f"{name}: expected a number, got {value!r}")
     try:
         v = float(value)
-    except (TypeError, ValueError):
-        raise SpecError(f"{name}: expected a number, got {value!r}") from None
+    except OverflowError:
+        raise SpecError(f"{name}: expected a finite number, got {value!r}") from None
     if not math.isfinite(v):
         raise SpecError(f"{name}: expected a finite number, got {value!r}")
     return v
 
 
+def _text(name: str, value: Any, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str):
+        raise SpecError(f"{name}: expected a string, got {value!r}")
+    if len(value) > MAX_TEXT:
+        raise SpecError(f"{name}: expected at most {MAX_TEXT} characters, got {len(value)}")
+
+
+def _count(name: str, value: Any, lo: int, hi: int) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise SpecError(f"{name}: expected an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise SpecError(f"{name}: expected {lo} to {hi}, got {value}")
+
+
+def _bounds(where: str, lo: Any, hi: Any) -> None:
+    """Optional out-of-domain bounds: each None (unbounded) or a finite number, lo <= hi."""
+    for name, v in (("domain_low", lo), ("domain_high", hi)):
+        if v is not None:
+            _finite(f"{where}.{name}", v)
+    if lo is not None and hi is not None and lo > hi:
+        raise SpecError(f"{where}: domain_low ({lo}) must be <= domain_high ({hi})")
+
+
+def _common(e: Any, where: str, kinds: tuple[str, ...]) -> Any:
+    """Checks every element kind shares; returns the element's message table entry."""
+    for f in ("name", "topic", "msg_type", "field", "unit"):
+        _text(f"{where}.{f}", getattr(e, f))
+    _text(f"{where}.key", e.key, optional=True)
+    _count(f"{where}.index", e.index, 0, MAX_INDEX)
+    if not e.name:
+        raise SpecError(f"{where}.name: must not be empty")
+    if not e.topic:
+        raise SpecError(f"{where}.topic: must not be empty")
+    if e.msg_type not in kinds:
+        raise SpecError(f"{where}.msg_type: expected one of {kinds}, got {e.msg_type!r}")
+    return MESSAGE_TYPES[e.msg_type]
+
+
+def _table_check(check: Any, e: Any, where: str) -> None:
+    try:
+        check(e)
+    except ElementInvalid as exc:
+        raise SpecError(f"{where}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class ObservationElement:
-    """One element of the observation vector."""
+    """One element of the observation vector.
+
+    ``domain_low``/``domain_high`` (optional, robot units, of the raw value after `transform`): the
+    region the policy was trained for. On the robot a value outside it latches the safe action
+    until ``~/reset`` (e.g. base roll within +-0.8 rad: a fallen robot is out of domain).
+    """
 
     name: str
     topic: str
@@ -72,50 +139,38 @@ class ObservationElement:
     mean: float = 0.0
     std: float = 1.0
     noise_std: float = 0.0  # sensor noise level of the robot (sim and sim-to-real wrappers use it)
+    domain_low: float | None = None
+    domain_high: float | None = None
 
     def validate(self, where: str) -> None:
-        if not self.name:
-            raise SpecError(f"{where}.name: must not be empty")
-        if not self.topic:
-            raise SpecError(f"{where}.topic: must not be empty")
-        if self.msg_type not in OBSERVATION_TYPES:
-            raise SpecError(
-                f"{where}.msg_type: expected one of {OBSERVATION_TYPES}, got {self.msg_type!r}"
-            )
+        entry = _common(self, where, OBSERVATION_TYPES)
+        _count(f"{where}.sectors", self.sectors, 1, MAX_INDEX)
+        _text(f"{where}.transform", self.transform)
         if self.transform not in TRANSFORMS:
             raise SpecError(
                 f"{where}.transform: expected one of {TRANSFORMS}, got {self.transform!r}"
             )
-        if self.msg_type == "sensor_msgs/JointState":
-            if self.field not in JOINT_FIELDS:
-                raise SpecError(
-                    f"{where}.field: JointState field must be one of {JOINT_FIELDS}, got {self.field!r}"
-                )
-            if not self.key:
-                raise SpecError(f"{where}.key: JointState elements need the joint name")
-        if self.msg_type == "sensor_msgs/LaserScan":
-            if self.field != "ranges":
-                raise SpecError(
-                    f"{where}.field: LaserScan elements read 'ranges', got {self.field!r}"
-                )
-            if not self.sectors or self.index is None or not 0 <= self.index < self.sectors:
-                raise SpecError(
-                    f"{where}: LaserScan elements need sectors >= 1 and 0 <= index < sectors, "
-                    f"got sectors={self.sectors!r} index={self.index!r}"
-                )
-        if self.msg_type == "std_msgs/Float64MultiArray":
-            if self.field != "data" or self.index is None or self.index < 0:
-                raise SpecError(f"{where}: Float64MultiArray elements read 'data' at an index >= 0")
+        _table_check(entry.check_observation, self, where)
         _finite(f"{where}.mean", self.mean)
         if _finite(f"{where}.std", self.std) <= 0:
             raise SpecError(f"{where}.std: expected > 0, got {self.std}")
         if _finite(f"{where}.noise_std", self.noise_std) < 0:
             raise SpecError(f"{where}.noise_std: expected >= 0, got {self.noise_std}")
+        _bounds(where, self.domain_low, self.domain_high)
 
 
 @dataclass(frozen=True)
 class ActionElement:
-    """One element of the action vector."""
+    """One element of the action vector.
+
+    ``interface`` (optional): what the element commands, in ros2_control's words (``position``,
+    ``velocity``, ``effort``); implied by Twist (velocity) and by a JointTrajectory field. The safety
+    layer holds a position target on the ``hold`` safe action and zeroes everything else.
+    ``feedback`` (optional): the name of the observation element that measures this element (a
+    joint position for a position target): the fade-in after activation or a resume starts from it.
+    ``domain_low``/``domain_high`` (optional): the policy's own output (before clipping to
+    ``low``/``high``) leaving them latches the safe action until ``~/reset``.
+    """
 
     name: str
     topic: str
@@ -128,39 +183,31 @@ class ActionElement:
     offset: float = 0.0
     low: float = -1.0
     high: float = 1.0
+    interface: str | None = None
+    feedback: str | None = None
+    domain_low: float | None = None
+    domain_high: float | None = None
 
     def validate(self, where: str) -> None:
-        if not self.name:
-            raise SpecError(f"{where}.name: must not be empty")
-        if self.msg_type not in ACTION_TYPES:
+        entry = _common(self, where, ACTION_TYPES)
+        _text(f"{where}.interface", self.interface, optional=True)
+        _text(f"{where}.feedback", self.feedback, optional=True)
+        if self.interface is not None and self.interface not in INTERFACES:
             raise SpecError(
-                f"{where}.msg_type: expected one of {ACTION_TYPES}, got {self.msg_type!r}"
+                f"{where}.interface: expected one of {INTERFACES}, got {self.interface!r}"
             )
-        if self.msg_type == "std_msgs/Float64MultiArray" and (
-            self.field != "data" or self.index is None or self.index < 0
-        ):
-            raise SpecError(f"{where}: Float64MultiArray actions write 'data' at an index >= 0")
-        if self.msg_type == "trajectory_msgs/JointTrajectory":
-            if self.field not in TRAJECTORY_FIELDS or not self.key:
-                raise SpecError(
-                    f"{where}: JointTrajectory actions need field in {TRAJECTORY_FIELDS} and key = joint name"
-                )
-        if self.msg_type == "geometry_msgs/Twist" and self.field not in (
-            "linear.x",
-            "linear.y",
-            "linear.z",
-            "angular.x",
-            "angular.y",
-            "angular.z",
-        ):
-            raise SpecError(
-                f"{where}.field: Twist actions write linear.x|y|z or angular.x|y|z, got {self.field!r}"
-            )
+        _table_check(entry.check_action, self, where)
         _finite(f"{where}.scale", self.scale)
         _finite(f"{where}.offset", self.offset)
         lo, hi = _finite(f"{where}.low", self.low), _finite(f"{where}.high", self.high)
         if lo > hi:
             raise SpecError(f"{where}: low ({lo}) must be <= high ({hi})")
+        _bounds(where, self.domain_low, self.domain_high)
+
+    @property
+    def commands(self) -> str | None:
+        """What this element commands: ``position``, ``velocity``, ``effort`` or None (unknown)."""
+        return MESSAGE_TYPES[self.msg_type].interface(self)
 
 
 @dataclass(frozen=True)
@@ -181,13 +228,29 @@ class InterfaceSpec:
 
     # -- validation ------------------------------------------------------------------------
     def validate(self) -> None:
+        _text("spec.robot", self.robot)
+        if not isinstance(self.description, str):
+            raise SpecError(f"spec.description: expected a string, got {self.description!r}")
+        if not isinstance(self.extra, dict):
+            raise SpecError(f"spec.extra: expected a mapping, got {self.extra!r}")
+        for group, elements in (("observations", self.observations), ("actions", self.actions)):
+            if len(elements) > MAX_ELEMENTS:
+                raise SpecError(
+                    f"spec.{group}: expected at most {MAX_ELEMENTS} elements, got {len(elements)}"
+                )
+            kind = ObservationElement if group == "observations" else ActionElement
+            for i, e in enumerate(elements):
+                if not isinstance(e, kind):
+                    raise SpecError(f"spec.{group}[{i}]: expected a {kind.__name__}, got {e!r}")
         if not self.observations:
             raise SpecError("spec.observations: at least one element is needed")
         if not self.actions:
             raise SpecError("spec.actions: at least one element is needed")
         rate = _finite("spec.control_rate_hz", self.control_rate_hz)
-        if rate <= 0:
-            raise SpecError(f"spec.control_rate_hz: expected > 0, got {rate}")
+        if not 0 < rate <= MAX_RATE_HZ:
+            raise SpecError(
+                f"spec.control_rate_hz: expected > 0 and <= {MAX_RATE_HZ:g}, got {rate}"
+            )
         for group, elements in (("observations", self.observations), ("actions", self.actions)):
             names = [e.name for e in elements]
             dup = sorted({n for n in names if names.count(n) > 1})
@@ -204,6 +267,13 @@ class InterfaceSpec:
         for topic in self.action_topics():
             if topic in self.observation_topics():
                 raise SpecError(f"spec: topic {topic!r} is both an input and an output")
+        names = {e.name for e in self.observations}
+        for i, a in enumerate(self.actions):
+            if a.feedback is not None and a.feedback not in names:
+                raise SpecError(
+                    f"spec.actions[{i}] ({a.name}).feedback: {a.feedback!r} is not an observation "
+                    f"element; expected one of {sorted(names)}"
+                )
 
     # -- sizes and topics ------------------------------------------------------------------
     @property
@@ -293,7 +363,17 @@ class InterfaceSpec:
         """
 
         def layout(spec: InterfaceSpec, group: str) -> list[tuple]:
-            keys = ("name", "topic", "msg_type", "field", "key", "index", "sectors", "transform")
+            keys = (
+                "name",
+                "topic",
+                "msg_type",
+                "field",
+                "key",
+                "index",
+                "sectors",
+                "transform",
+                "interface",
+            )
             return [tuple(getattr(e, k, None) for k in keys) for e in getattr(spec, group)]
 
         for group in ("observations", "actions"):
@@ -327,6 +407,14 @@ class InterfaceSpec:
         for key in ("robot", "observations", "actions", "control_rate_hz"):
             if key not in data:
                 raise SpecError(f"spec: missing field {key!r}")
+        for key in ("observations", "actions"):
+            if not isinstance(data[key], list):
+                raise SpecError(f"spec.{key}: expected a list, got {data[key]!r:.80}")
+        extra = data.get("extra", {})
+        if extra is None:
+            extra = {}
+        if not isinstance(extra, dict):
+            raise SpecError(f"spec.extra: expected a mapping, got {extra!r:.80}")
         obs = tuple(
             _element(ObservationElement, d, f"spec.observations[{i}]")
             for i, d in enumerate(data["observations"])
@@ -335,12 +423,12 @@ class InterfaceSpec:
             _element(ActionElement, d, f"spec.actions[{i}]") for i, d in enumerate(data["actions"])
         )
         return cls(
-            str(data["robot"]),
+            data["robot"],
             obs,
             act,
             _finite("spec.control_rate_hz", data["control_rate_hz"]),
-            str(data.get("description", "")),
-            dict(data.get("extra", {}) or {}),
+            data.get("description", ""),
+            dict(extra),
         )
 
 

@@ -20,6 +20,10 @@ from typing import Any
 import numpy as np
 
 LAYER_NAMES = ("motor", "command", "inter")
+# Far above any NCP a robot runs (19-neuron policies steer cars), far below what a crafted file
+# could use to exhaust memory or time.
+MAX_UNITS = 1024
+MAX_INPUTS = 4096
 
 
 class WiringError(ValueError):
@@ -153,33 +157,28 @@ class Wiring:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Wiring:
+        """The wiring `to_dict` wrote; every field is type- and range-checked (WiringError naming
+        the field), so a crafted file cannot reach numpy with values it would choke on."""
         if not isinstance(data, dict):
             raise WiringError(f"wiring: expected a dict, got {type(data).__name__}")
         required = ("units", "input_dim", "output_dim", "layers", "adjacency", "sensory_adjacency")
         missing = [k for k in required if k not in data]
         if missing:
             raise WiringError(f"wiring: missing fields {missing}")
-        try:
-            adj = np.array(data["adjacency"], dtype=np.int64)
-            sadj = np.array(data["sensory_adjacency"], dtype=np.int64)
-        except (TypeError, ValueError) as exc:
-            raise WiringError(
-                f"wiring: adjacency matrices are not integer matrices ({exc})"
-            ) from exc
-        units, input_dim = int(data["units"]), int(data["input_dim"])
-        if sadj.size == 0:
-            sadj = sadj.reshape(input_dim, units)
-        if adj.shape != (units, units):
-            raise WiringError(
-                f"wiring.adjacency: expected shape ({units}, {units}), got {adj.shape}"
-            )
-        if sadj.shape != (input_dim, units):
-            raise WiringError(
-                f"wiring.sensory_adjacency: expected shape ({input_dim}, {units}), got {sadj.shape}"
-            )
-        return cls(
-            adj, sadj, tuple(data["layers"]), int(data["output_dim"]), dict(data.get("recipe", {}))
+        units = _check_positive_int("wiring.units", data["units"], maximum=MAX_UNITS)
+        input_dim = _check_positive_int("wiring.input_dim", data["input_dim"], maximum=MAX_INPUTS)
+        output_dim = _check_positive_int("wiring.output_dim", data["output_dim"], maximum=units)
+        adj = _polarity_matrix("wiring.adjacency", data["adjacency"], units, units)
+        sadj = _polarity_matrix(
+            "wiring.sensory_adjacency", data["sensory_adjacency"], input_dim, units
         )
+        layers = data["layers"]
+        if not isinstance(layers, list) or not all(isinstance(n, str) for n in layers):
+            raise WiringError(f"wiring.layers: expected a list of layer names, got {layers!r:.80}")
+        recipe = data.get("recipe", {})
+        if not isinstance(recipe, dict):
+            raise WiringError(f"wiring.recipe: expected a mapping, got {recipe!r:.80}")
+        return cls(adj, sadj, tuple(layers), output_dim, dict(recipe))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Wiring):
@@ -200,10 +199,27 @@ class Wiring:
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+def _check_positive_int(name: str, value: Any, minimum: int = 1, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise WiringError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+        raise WiringError(f"{name}: expected an integer >= {minimum}, got {value!r:.40}")
+    if maximum is not None and value > maximum:
+        raise WiringError(f"{name}: expected an integer <= {maximum}, got {value!r:.40}")
     return int(value)
+
+
+def _polarity_matrix(name: str, value: Any, rows: int, cols: int) -> np.ndarray:
+    """A (rows, cols) list of lists of -1/0/+1 integers (no floats, no booleans) as int8."""
+    if not isinstance(value, list) or len(value) != rows:
+        got = f"{len(value)} rows" if isinstance(value, list) else repr(value)[:40]
+        raise WiringError(f"{name}: expected {rows} rows of {cols} entries, got {got}")
+    for i, row in enumerate(value):
+        if not isinstance(row, list) or len(row) != cols:
+            got = f"{len(row)} entries" if isinstance(row, list) else repr(row)[:40]
+            raise WiringError(f"{name}[{i}]: expected {cols} entries, got {got}")
+        for j, v in enumerate(row):
+            if type(v) is not int or v not in (-1, 0, 1):
+                raise WiringError(f"{name}[{i}][{j}]: expected -1, 0 or +1, got {v!r:.40}")
+    return np.array(value, np.int8).reshape(rows, cols)
 
 
 @dataclass(frozen=True)

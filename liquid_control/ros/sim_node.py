@@ -43,41 +43,13 @@ from rosgraph_msgs.msg import Clock
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
-from liquid_control.core.adapters import fields_to_message
+from liquid_control.core.adapters import CommandReader, MessageRejected, fields_to_message
 from liquid_control.core.spec import ActionElement, InterfaceSpec
 from liquid_control.envs import ENV_IDS
 from liquid_control.ros.messages import COMMAND_QOS, message_class
 
 # Robot name -> gymnasium id: the sim node runs the registered env class (its episode limit too).
 ROBOTS = {"cartpole": ENV_IDS["cartpole"], "rover": ENV_IDS["rover"]}
-
-
-def _get_path(msg: Any, path: str) -> Any:
-    for p in path.split("."):
-        msg = getattr(msg, p)
-    return msg
-
-
-def read_command(elements: list[ActionElement], msg: Any) -> np.ndarray:
-    """Values of the spec's action elements carried by one command message (robot units).
-
-    Raises ValueError naming the element when the message does not carry it or it is not finite."""
-    out = np.empty(len(elements))
-    for j, e in enumerate(elements):
-        try:
-            if e.msg_type == "std_msgs/Float64MultiArray":
-                value = msg.data[e.index]
-            elif e.msg_type == "trajectory_msgs/JointTrajectory":
-                names = list(msg.joint_names)
-                value = getattr(msg.points[0], e.field)[names.index(e.key)]
-            else:
-                value = _get_path(msg, e.field)
-        except (IndexError, ValueError, AttributeError) as exc:
-            raise ValueError(f"command for {e.name!r} ({e.msg_type} {e.field}): {exc}") from exc
-        if not math.isfinite(float(value)):
-            raise ValueError(f"command for {e.name!r}: expected a finite value, got {value!r}")
-        out[j] = float(value)
-    return out
 
 
 def _stamp(sim_time_s: float):
@@ -163,6 +135,7 @@ class SimNode(Node):
         self.command_elements: dict[str, list[ActionElement]] = {}
         for e in self.spec.actions:
             self.command_elements.setdefault(e.topic, []).append(e)
+        self._commands = CommandReader(self.spec)
         self._pending: dict[str, deque] = {t: deque() for t in self.command_elements}
         self._command_count = dict.fromkeys(self.command_elements, 0)
         self._active = dict.fromkeys(self.command_elements)  # topic -> (received_s, values)
@@ -285,8 +258,8 @@ class SimNode(Node):
     # -- callbacks ---------------------------------------------------------------------------
     def _on_command(self, topic: str, msg: Any) -> None:
         try:
-            values = read_command(self.command_elements[topic], msg)
-        except ValueError as exc:
+            values = self._commands.read(topic, msg)
+        except MessageRejected as exc:
             self.get_logger().warning(f"command on {topic} rejected: {exc}")
             return
         with self._lock:
