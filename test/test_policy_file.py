@@ -230,7 +230,10 @@ def test_bad_weights_are_refused(saved, edit, match):
             "wiring: wiring.adjacency: expected 3 rows of 3 entries, got 19 rows",
         ),
         (lambda m: m["model"].update(type="LSTM"), "model: expected \\{'type': 'LTC'"),
-        (lambda m: m["model"].update(ode_unfolds=0), "ode_unfolds: expected an integer from 1 to 64, got 0"),
+        (
+            lambda m: m["model"].update(ode_unfolds=0),
+            "ode_unfolds: expected an integer from 1 to 64, got 0",
+        ),
         (lambda m: m["spec"]["actions"][0].update(low=5.0), "low \\(5.0\\) must be <= high"),
     ],
 )

@@ -89,12 +89,16 @@ class Policy:
         """Zero the hidden state (start of an episode, or after stale inputs)."""
         self.state = self._cell.zero_state()
 
-    def step(self, observation: np.ndarray, dt: float | None = None) -> np.ndarray:
+    def step(
+        self, observation: np.ndarray, dt: float | None = None, clip: bool = True
+    ) -> np.ndarray:
         """One control step: raw observation (robot units) -> action (robot units, clipped).
 
         Args:
             observation: (obs_dim,) in the spec's order and units.
             dt: elapsed time since the previous step in seconds; None = the nominal period.
+            clip: clip to the action limits (False: the scaled output as the network gives it,
+                for the safety core's out-of-domain check, which clips afterwards).
         """
         obs = np.asarray(observation, np.float64)
         if obs.shape != (self.spec.obs_dim,):
@@ -114,7 +118,8 @@ class Policy:
                 raise ValueError(f"dt: expected a finite number of seconds > 0, got {dt!r}")
             elapsed = dt / self.time_unit_s
         u, self.state = self._cell.step((obs - self._mean) * self._inv_std, self.state, elapsed)
-        return np.clip(self._offset + self._scale * u, self._low, self._high)
+        action = self._offset + self._scale * u
+        return np.clip(action, self._low, self._high) if clip else action
 
     def network_step(self, x: np.ndarray, elapsed: float = 1.0) -> np.ndarray:
         """Step on already-normalised input, returning raw motor outputs (for tests and export)."""
