@@ -392,10 +392,13 @@ def diagnostic_values(array: Any, name_contains: str = "") -> dict[str, str] | N
     return None
 
 
-def save_test_policy(path: str | os.PathLike, spec: Any, seed: int = 0, units: int = 19) -> str:
+def save_test_policy(
+    path: str | os.PathLike, spec: Any, seed: int = 0, units: int = 19, ode_unfolds: int = 6
+) -> str:
     """A random (untrained) but valid LTC policy for `spec`, saved to `path`; returns its hash."""
     from liquid_control.core import AutoNCP, Policy
     from liquid_control.core.ltc import init_params
 
     wiring = AutoNCP(units, spec.action_dim, seed=seed).build(spec.obs_dim)
-    return Policy(wiring, init_params(wiring, seed=seed), spec).save(path)
+    policy = Policy(wiring, init_params(wiring, seed=seed), spec, ode_unfolds=ode_unfolds)
+    return policy.save(path)

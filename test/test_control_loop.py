@@ -14,7 +14,7 @@ from hypothesis.extra import numpy as hnp
 
 from liquid_control.core import ActionElement, AutoNCP, InterfaceSpec, ObservationElement, Policy
 from liquid_control.core.ltc import init_params
-from liquid_control.ros.control_loop import FRAME, Pipe, decode, encode
+from liquid_control.ros.protocol import FRAME, Pipe, decode, encode
 from liquid_control.ros.stats import LoopStats
 
 

@@ -43,7 +43,14 @@ def joint_spec(joints=JOINTS, rate_hz: float = RATE_HZ) -> InterfaceSpec:
     ]
     act = [
         ActionElement(
-            f"{j}_cmd", "/cmd", "std_msgs/Float64MultiArray", "data", index=i, low=-2.0, high=2.0
+            f"{j}_cmd",
+            "/cmd",
+            "std_msgs/Float64MultiArray",
+            "data",
+            index=i,
+            low=-2.0,
+            high=2.0,
+            interface="position",  # a position-controlled arm: "hold" holds its last command
         )
         for i, j in enumerate(joints)
     ]
@@ -87,7 +94,10 @@ def files(tmp_path_factory) -> dict[str, Path]:
     }
     save_test_policy(f["a"], joint_spec(), seed=0)
     # A bigger network: loads and dry-runs slowly enough that a loop blocked by it would show.
-    save_test_policy(f["b"], joint_spec(), seed=1, units=160)
+    save_test_policy(f["b"], joint_spec(), seed=1, units=100)
+    # Too slow for the 20 ms period: one step takes ~80 ms here (max_swap_step_fraction 0.25).
+    f["slow"] = allowed / "slow.lcp"
+    save_test_policy(f["slow"], joint_spec(), seed=8, units=160, ode_unfolds=64)
     f["corrupt"].write_bytes(f["a"].read_bytes()[:-40] + b"\x00" * 40)
     save_test_policy(f["incompatible"], joint_spec(["j0", "elbow"]), seed=2)
     save_test_policy(f["other_rate"], joint_spec(rate_hz=25.0), seed=3)
@@ -112,6 +122,8 @@ def rig(files):
         "liquid_control.ros.policy_node", params=params, log_dir=files["log_dir"]
     ) as node:
         with Harness() as h:
+            # A robot's estop node: a latched "released" (the node commands only after one).
+            h.publish(f"{NODE}/estop", Bool(data=False), LATCHED_QOS)
             sensors = Sensors()
             rig = type("Rig", (), {})()
             rig.node, rig.h, rig.sensors = node, h, sensors
@@ -404,6 +416,7 @@ def test_parameters_have_descriptors_and_read_only_ones_refuse_changes(rig):
         ("incompatible", ["interface spec", "elbow"]),
         ("other_rate", ["control_rate_hz", "25"]),
         ("outside", ["outside allowed_policy_dirs"]),
+        ("slow", ["one step takes", "max_swap_step_fraction", "control period"]),
         ("missing", ["does_not_exist.lcp"]),
     ],
 )

@@ -84,7 +84,12 @@ def test_each_input_type_is_read_and_each_output_type_written(tmp_path):
     spec = InterfaceSpec("rover", OBS, ACT, RATE_HZ)
     policy = tmp_path / "rover.lcp"
     save_test_policy(policy, spec, seed=7)
-    params = {"policy_path": str(policy), "debug": True, "sensor_timeout_s": 1.0}
+    params = {
+        "policy_path": str(policy),
+        "debug": True,
+        "sensor_timeout_s": 1.0,
+        "estop_required_at_start": False,
+    }
     with (
         NodeProcess(
             "liquid_control.ros.policy_node", params=params, name="rover_policy", log_dir=tmp_path

@@ -13,8 +13,8 @@ from ros_harness import REPO, Harness, NodeProcess, save_test_policy
 from sensor_msgs.msg import JointState
 from test_policy_node import joint_spec
 
-from liquid_control.ros.messages import SENSOR_QOS
-from liquid_control.ros.policy_node import PARAMETERS
+from liquid_control.ros.messages import LATCHED_QOS, SENSOR_QOS
+from liquid_control.ros.settings import SETTINGS, check_parameters
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(120)]
 
@@ -22,10 +22,14 @@ CONFIG = REPO / "config" / "policy_node.yaml"
 LAUNCH = REPO / "launch" / "policy.launch.py"
 
 
-def publish_joint_states(h: Harness) -> None:
-    """JointState for the two-joint test spec at 100 Hz, from the harness."""
+def publish_joint_states(h: Harness, namespace: str = "") -> None:
+    """JointState for the two-joint test spec at 100 Hz, from the harness, and a latched estop
+    release for the policy node in `namespace`."""
+    from std_msgs.msg import Bool
+
+    h.publish(f"{namespace}/policy_node/estop", Bool(data=False), LATCHED_QOS)
     h.publish_periodically(
-        "/joint_states",
+        f"{namespace}/joint_states",
         lambda: JointState(name=["j0", "j1"], position=[0.1, 0.2], velocity=[0.0, 0.0]),
         100.0,
         SENSOR_QOS,
@@ -35,17 +39,26 @@ def publish_joint_states(h: Harness) -> None:
 def test_config_file_lists_every_parameter_with_its_default():
     text = CONFIG.read_text()
     params = yaml.safe_load(text)["/**/policy_node"]["ros__parameters"]
-    for name, (default, _description, _extra) in PARAMETERS.items():
-        if name in ("allowed_policy_dirs", "cpu_affinity"):  # no empty lists in parameter files
-            assert f"# {name}:" in text
+    assert check_parameters(params) == []  # names, types, ranges and choices of the table
+    for s in SETTINGS:
+        if s.is_list:  # no empty lists in parameter files
+            assert f"# {s.name}:" in text, s.name
             continue
-        assert name in params, f"config/policy_node.yaml lacks {name}"
-        assert params[name] == default and type(params[name]) is type(default), name
-    assert set(params) <= set(PARAMETERS)
+        assert s.name in params, f"config/policy_node.yaml lacks {s.name}"
+        assert params[s.name] == s.default and type(params[s.name]) is type(s.default), s.name
+    lines = text.splitlines()
     for name in params:  # every parameter has a comment right above it
-        lines = text.splitlines()
         i = next(k for k, line in enumerate(lines) if line.strip().startswith(f"{name}:"))
         assert lines[i - 1].strip().startswith("#"), f"{name} has no comment"
+
+
+def test_a_bad_parameter_file_value_is_named():
+    assert check_parameters({"safe_action": "explode", "blend_s": -1.0, "colour": 3}) == [
+        "safe_action: expected one of ('zero', 'hold', 'spec'), got 'explode'",
+        "blend_s: expected 0 to 60, got -1.0",
+        "colour: not a parameter of policy_node; expected one of "
+        + str(sorted(s.name for s in SETTINGS)),
+    ]
 
 
 def test_node_starts_from_the_config_file(tmp_path):
@@ -62,8 +75,9 @@ def test_node_starts_from_the_config_file(tmp_path):
         ) as node,
         Harness() as h,
     ):
-        cmd = h.subscribe("/cmd", "std_msgs/Float64MultiArray")
-        publish_joint_states(h)
+        # relative_topics: the spec's /cmd and /joint_states live in the node's namespace
+        cmd = h.subscribe("/robot1/cmd", "std_msgs/Float64MultiArray")
+        publish_joint_states(h, "/robot1")
         h.wait_for(lambda: len(cmd) >= 5, 30.0, "commands from the node", node)
         values = h.get_parameters(
             "/robot1/policy_node", ["safe_action", "sensor_timeout_s", "autostart", "debug"]
@@ -120,7 +134,7 @@ def test_launch_file_starts_a_commanding_policy_node(tmp_path):
         f"params_file:={CONFIG}",
     ]
     with NodeProcess(argv=argv, log_dir=tmp_path) as launch, Harness() as h:
-        cmd = h.subscribe("/cmd", "std_msgs/Float64MultiArray")
-        publish_joint_states(h)
+        cmd = h.subscribe("/launched/cmd", "std_msgs/Float64MultiArray")
+        publish_joint_states(h, "/launched")
         h.wait_for(lambda: len(cmd) >= 5, 60.0, "commands from the launched node", launch)
         assert h.lifecycle_state("/launched/policy_node") == "active"

@@ -34,6 +34,7 @@ def test_lifecycle_transitions_hold_safe_action_rate_limit_and_nominal_dt(tmp_pa
         "max_action_rate": MAX_RATE,
         "use_measured_dt": False,
         "debug": True,
+        "estop_required_at_start": False,
     }
     with (
         NodeProcess(
@@ -123,7 +124,7 @@ def test_non_finite_policy_output_is_never_published(tmp_path):
             Policy.load(policy).step(np.zeros(spec.obs_dim), 0.99 * PERIOD_S)
         ).all()
 
-    params = {"policy_path": str(policy), "safe_action": "zero"}
+    params = {"policy_path": str(policy), "safe_action": "zero", "estop_required_at_start": False}
     with (
         NodeProcess(
             "liquid_control.ros.policy_node", params=params, name="nan_policy", log_dir=tmp_path
@@ -148,7 +149,8 @@ def test_non_finite_policy_output_is_never_published(tmp_path):
 
 def test_loop_follows_clock_with_use_sim_time(tmp_path):
     """With use_sim_time the loop ticks on /clock: at twice real time it commands twice as
-    often, steps by simulated seconds, and stops when the clock stops."""
+    often, steps by simulated seconds, and stops ticking when the clock stops (the watchdog then
+    publishes the safe action: test_policy_node_watchdog.py)."""
     from builtin_interfaces.msg import Time
     from rosgraph_msgs.msg import Clock
 
@@ -159,6 +161,7 @@ def test_loop_follows_clock_with_use_sim_time(tmp_path):
         "use_sim_time": True,
         "debug": True,
         "sensor_timeout_s": 0.5,
+        "estop_required_at_start": False,
     }
     sim_ns = [10**9]
 
@@ -192,4 +195,5 @@ def test_loop_follows_clock_with_use_sim_time(tmp_path):
         time.sleep(0.3)
         t1 = time.monotonic()
         time.sleep(0.5)
-        assert len(cmd.since(t1)) == 0, "ticks without /clock"
+        assert len(debug.since(t1)) == 0, "ticks without /clock"
+        assert all(list(m.data) == [0.0, 0.0] for m in cmd.since(t1)), "not the safe action"

@@ -2,7 +2,8 @@
 
 - The node's process killed (SIGKILL, no chance to clean up): its control process sees the pipe
   close, publishes the safe action once, stops commanding and exits.
-- The control process killed: the node reports it (/diagnostics ERROR naming it, ~/is_safe true).
+- The control process killed or stopped: the node's watchdog publishes the safe action itself,
+  reports it (~/is_safe true, the cause in /diagnostics) and replaces the process.
 """
 
 from __future__ import annotations
@@ -46,7 +47,12 @@ def alive(pid: int) -> bool:
 def start(tmp_path, h):
     path = tmp_path / "p.lcp"
     save_test_policy(path, joint_spec(), seed=0)
-    params = {"policy_path": str(path), "safe_action": "spec", "sensor_timeout_s": 0.3}
+    params = {
+        "policy_path": str(path),
+        "safe_action": "spec",
+        "sensor_timeout_s": 0.3,
+        "estop_required_at_start": False,
+    }
     node = NodeProcess(
         "liquid_control.ros.policy_node", params=params, name=NODE[1:], log_dir=tmp_path
     )
@@ -86,27 +92,55 @@ def test_a_killed_node_leaves_the_safe_action_and_no_commander(tmp_path):
             node.stop()
 
 
-def test_a_killed_control_process_is_reported_as_an_error_and_unsafe(tmp_path):
-    with Harness("process_harness_2") as h:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP])
+def test_a_dead_or_stopped_control_process_gets_the_safe_action_and_is_replaced(tmp_path, sig):
+    """Finding 2(d)/(e): SIGSTOP left 6 s without commands, SIGKILL no safe command and no
+    restart. Now the node's watchdog publishes the safe action itself within
+    watchdog_timeout_s (0.5 s here), reports it, kills a stopped process, starts a new one and
+    the policy commands again."""
+    with Harness(f"process_harness_{int(sig)}") as h:
         node, cmd, diag, is_safe, loop_pid = start(tmp_path, h)
         try:
             h.wait_for(lambda: is_safe.last is not None and not is_safe.last.data, 5.0, "unsafe")
-            t_kill = time.monotonic()
-            os.kill(loop_pid, signal.SIGKILL)
+            t_cause = time.monotonic()
+            os.kill(loop_pid, sig)
+
+            def first_safe():
+                return next(
+                    (t for t, m in cmd.timed_since(t_cause) if np.allclose(m.data, SAFE)), None
+                )
+
+            t_safe = h.wait_for(first_safe, 5.0, "the safe action from the node", node)
+            # watchdog_timeout_s 0.5 s + the watchdog's 20 ms poll + DDS, generous for CI
+            assert t_safe - t_cause < 0.5 + 0.5, f"safe action {t_safe - t_cause:.3f} s after"
             h.wait_for(lambda: is_safe.last.data, 5.0, "~/is_safe true", node)
 
-            def error():
-                for m in diag.since(t_kill):
+            def replaced():
+                for m in diag.since(t_cause):
                     v = diagnostic_values(m, NODE[1:])
-                    if v and v["_level"] == "2":
-                        return v
+                    if v and v["control_process"] not in ("none", f"pid {loop_pid}"):
+                        if int(v["control_restarts_last_60s"]) >= 1:
+                            return v
                 return None
 
-            v = h.wait_for(error, 5.0, "a diagnostics ERROR", node)
-            assert "control process exited" in v["_message"], v
-            assert "exited" in v["control_process"]
-            assert node.running, "the node itself stays up to report"
+            v = h.wait_for(replaced, 10.0, "a new control process in diagnostics", node)
+            cause = "exited" if sig == signal.SIGKILL else "stopped"
+            assert cause in v["last_stall"], v["last_stall"]
+            assert not alive(loop_pid), "the stopped process was not killed"
+            h.wait_for(
+                lambda: not np.allclose(cmd.last.data, SAFE) and not is_safe.last.data,
+                15.0,
+                "the policy commanding again",
+                node,
+            )
+            assert f"watchdog: control process {cause}" in node.log()
+            assert node.running, "the node itself stays up"
         finally:
+            if sig == signal.SIGSTOP:
+                try:
+                    os.kill(loop_pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             node.stop()
 
 

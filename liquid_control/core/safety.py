@@ -152,6 +152,54 @@ def spec_safe_action(spec: InterfaceSpec) -> np.ndarray:
     return vec
 
 
+def safe_action(mode: str, space: ActionSpace, last: np.ndarray | None) -> np.ndarray:
+    """The safe action of `mode` (zero, hold, spec) after the last published command `last`."""
+    if mode == "spec" and space.spec_safe is not None:
+        return space.spec_safe.copy()
+    if mode == "hold" and last is not None and last.shape == space.low.shape:
+        held = np.where(np.isfinite(last), last, space.zero)
+        return np.where(space.position, np.clip(held, space.low, space.high), space.zero)
+    return space.zero.copy()
+
+
+@dataclass
+class EstopGate:
+    """What the loop knows of the estop, and whether that is enough to command.
+
+    `remembered`: the state the node's process last heard (it keeps listening across
+    reconfigures and control-process restarts; None: never heard). `required`: no command before
+    an estop message has been heard (estop_required_at_start). Otherwise the absence of an estop
+    publisher is an explicit choice, but a latched (transient-local) publisher may not be
+    discovered yet: for `discovery_s` after `started_s` the state counts as unknown, and whenever
+    a latched publisher is known, its sample is awaited.
+
+    `state(now_s, latched_publishers)` -> (engaged: True/False/None = unknown, detail)."""
+
+    topic: str
+    required: bool
+    discovery_s: float
+    started_s: float
+    remembered: bool | None = None
+    heard: bool = False
+
+    def update(self, engaged: bool) -> bool:
+        """An estop message; returns True when the state changed."""
+        changed = not self.heard or self.remembered != engaged
+        self.remembered, self.heard = bool(engaged), True
+        return changed
+
+    def state(self, now_s: float, latched_publishers: int) -> tuple[bool | None, str]:
+        if self.heard or self.remembered is not None:
+            return bool(self.remembered), ""
+        if self.required:
+            return None, (f"waiting for an estop message on {self.topic} (estop_required_at_start)")
+        if latched_publishers > 0:
+            return None, f"waiting for the latched sample of the estop publisher on {self.topic}"
+        if now_s - self.started_s < self.discovery_s:
+            return None, f"looking for a latched estop publisher on {self.topic}"
+        return False, ""
+
+
 class SteppablePolicy(Protocol):
     """What the core needs of a policy (`liquid_control.core.Policy` is one)."""
 
@@ -284,12 +332,7 @@ class SafetyCore:
     # -- the safe action ---------------------------------------------------------------------
     def safe_action(self) -> np.ndarray:
         """The safe action now (`safe_action` setting; see the module docstring)."""
-        space, mode = self.space, self.config.safe_action
-        if mode == "spec" and space.spec_safe is not None:
-            return space.spec_safe.copy()
-        if mode == "hold" and self._prev is not None:
-            return np.where(space.position, np.clip(self._prev, space.low, space.high), space.zero)
-        return space.zero.copy()
+        return safe_action(self.config.safe_action, self.space, self._prev)
 
     # -- one tick ----------------------------------------------------------------------------
     def tick(self, inp: TickInput) -> Command:

@@ -2,53 +2,38 @@
 
 A managed (lifecycle) node. With ``autostart`` (default) it configures and activates itself.
 
-- configure: load ``policy_path``, build the observation/action adapters from the policy's interface
-  spec, create the input subscriptions (sensor-data QoS), command publishers, services, diagnostics.
-  Topic names come from the spec; ROS remapping (``--ros-args -r /joint_states:=/robot/joint_states``,
-  or ``remappings=`` in a launch file) renames them.
-- activate: wait until every input has arrived once, then run the loop. deactivate: publish the
-  safe action once and stop commanding. cleanup/shutdown: release everything.
+- configure: load ``policy_path``, check it (file, interface spec against the real message
+  classes, dry inference, step time), start the control process (`control_loop`), create the
+  services, ``~/is_safe``, ``~/active_policy`` and /diagnostics.
+- activate: the loop waits until every input has arrived once and the estop state is known, then
+  commands. deactivate: publish the safe action once and stop commanding. cleanup/shutdown:
+  release everything.
 
-Each tick (fixed rate on the node clock, so it follows /clock with ``use_sim_time``): observation from
-the latest accepted messages -> ``policy.step(obs, dt)`` with the measured time since the previous tick
-(``use_measured_dt``; the LTC is continuous-time, so jitter is integrated rather than ignored) ->
-limits -> ``max_action_rate`` -> publish.
+Every safety decision of a tick is made by the safety core (`liquid_control.core.safety`): stale
+inputs (with hysteresis), estop, enable, clock jumps and gaps, out-of-domain latch, non-finite
+outputs, limits, ``max_action_rate``, fade-in. This node adds what a process cannot do for
+itself: a **watchdog** on the wall clock (`liquid_control.core.watchdog`) that, when no tick has
+completed for ``watchdog_timeout_s``, publishes the safe action from this process, sets
+``~/is_safe`` true, reports ERROR with the cause and, for a dead or hung control process, kills it
+and starts a new one (``max_control_restarts`` within 60 s; beyond that the node deactivates
+itself). The **estop** state is kept here too (this node listens on ``~/estop`` for its whole
+life), so it survives reconfigures and control-process restarts.
 
-Safety layer (between the policy and the actuators):
-- a message with NaN/Inf, a wrong length or missing joints is rejected (counted by reason, logged
-  with throttling, reported in diagnostics) and never reaches the policy;
-- an input older than ``sensor_timeout_s`` (judged on node-clock *receive* time: header stamps may
-  come from another clock on a robot) -> the safe action until fresh data arrives; the hidden state is
-  reset on resume (``reset_on_resume``);
-- a non-finite policy output is never published: safe action, hidden state reset, error in diagnostics;
-- ``~/estop`` (std_msgs/Bool, latched semantics: true holds the safe action until false arrives),
-  ``~/enable`` (std_srvs/SetBool) and ``~/reset`` (std_srvs/Trigger: reset the hidden state at the
-  next tick).
-
-``~/is_safe`` (latched std_msgs/Bool) is true while the node is *not* letting the policy command the
-robot (safe action, or nothing published: inactive, waiting for inputs). ``~/active_policy``
-(latched std_msgs/String) is ``<path> <content hash>``.
+Topics come from the policy's interface spec, resolved in the node's namespace
+(``relative_topics``) and through ROS remapping (``-r /joint_states:=/robot/joint_states``).
+``~/estop`` (std_msgs/Bool, latched or not): true holds the safe action until false.
+``~/enable`` (std_srvs/SetBool), ``~/reset`` (std_srvs/Trigger: reset the hidden state at the next
+tick and clear an out-of-domain latch). ``~/is_safe`` (latched std_msgs/Bool) is true while the
+node is *not* letting the policy command the robot. ``~/active_policy`` (latched std_msgs/String) is
+``<path> <content hash>``.
 
 Policy swap: setting ``policy_path`` loads and validates the file in this node's parameter service
-thread (never on the control path): inside ``allowed_policy_dirs``, a valid policy file, an interface
-spec that fits the running one (same channels, same control rate), one finite dry inference on the
-newest observation. The control process then puts the new policy in place between two ticks, with a
-fresh hidden state; a failed check refuses the parameter with the reason, and the old policy keeps
-running.
-
-Processes: the loop runs in a control process of its own (`control_loop`, started at configure,
-stopped at cleanup), so no Python work of this node (parameter services, swaps, diagnostics, the
-executor) ever competes with a tick for the interpreter lock. Its control thread sleeps to absolute
-deadlines on the node clock (polling /clock with use_sim_time), takes the newest input and estop
-messages itself and publishes the commands, from a companion node ``<name>_io`` that no executor
-spins: inputs are taken as serialized bytes and decoded by `wire` into numpy views, commands are
-published as pre-serialized bytes with only the action values patched in. ``realtime_priority``
-(SCHED_FIFO) and ``cpu_affinity`` apply to that thread. This node keeps the lifecycle, parameters,
-``~/reset``, ``~/enable``, ``~/is_safe``, ``~/active_policy`` and /diagnostics, and reads the loop's
-timing figures from memory shared with the control process. If this node dies, the control process
-publishes the safe action once and exits; if the control process dies, this node reports it
-(diagnostics ERROR, ``~/is_safe`` true). Topic names are resolved (remapped) by this node. Staleness
-uses the DDS receive time of each message on system time, and the tick that takes it on /clock time.
+thread (never on the control path): inside ``allowed_policy_dirs``, a valid policy file, an
+interface spec that fits the running one, every field path present on the message classes, one
+finite dry inference on the newest observation, a step time within ``max_swap_step_fraction`` of
+the control period. The control process then puts the new policy in place between two ticks;
+a failed check refuses the parameter with the reason, and the old policy keeps running. No
+exception from a file can stop the node: an unexpected one refuses the swap with its text.
 
 ``~/observation`` (std_msgs/Float64MultiArray, only with ``debug``): per tick
 ``[tick, dt_s, steps_since_reset, *raw_observation, *action]`` (labels in ``layout.dim``); reliable,
@@ -61,6 +46,9 @@ import math
 import os
 import signal
 import sys
+import threading
+import time
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -73,84 +61,47 @@ from rcl_interfaces.msg import (
     SetParametersResult,
 )
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import InvalidHandle, ParameterUninitializedException
-from rclpy.executors import (
-    Executor,
-    ExternalShutdownException,
-    MultiThreadedExecutor,
-)
+from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool, Trigger
 
+from liquid_control.core.adapters import ActionWriter
+from liquid_control.core.message_types import ElementInvalid, check_field_paths
 from liquid_control.core.policy import Policy
 from liquid_control.core.policy_file import PolicyFileError
+from liquid_control.core.safety import ActionSpace, SafetyError, safe_action, spec_safe_action
 from liquid_control.core.spec import InterfaceSpec, SpecError
+from liquid_control.core.watchdog import LoopHealth, Watchdog
 
-from .control_loop import LoopProcess, LoopProcessError
-from .messages import COMMAND_QOS, LATCHED_QOS, message_class
+from .loop_process import LoopProcess, LoopProcessError
+from .messages import (
+    COMMAND_QOS,
+    LATCHED_QOS,
+    RELIABLE_QOS,
+    make_message,
+    message_class,
+    output_qos,
+)
+from .protocol import Ev, Event, Op
+from .settings import (
+    BY_NAME,
+    INTEGER_ARRAY,
+    LOOP_SETTINGS,
+    SETTINGS,
+    STRING_ARRAY,
+    check_timing,
+    effective,
+    safety_config,
+)
 
-SAFE_ACTIONS = ("zero", "hold", "spec")
 DEBUG_TOPIC = "~/observation"
-
-# name -> (default, description, descriptor extras). Declared in one place, in this order.
-PARAMETERS: dict[str, tuple[Any, str, dict[str, Any]]] = {
-    "policy_path": (
-        "",
-        "Policy file (.lcp) to run. Setting it at run time swaps the policy after validation.",
-        {},
-    ),
-    "allowed_policy_dirs": (
-        Parameter.Type.STRING_ARRAY,
-        "Directories policy files may be loaded from (empty: the directory of the policy given "
-        "at start-up).",
-        {"read_only": True},
-    ),
-    "autostart": (True, "Configure and activate without a lifecycle manager.", {"read_only": True}),
-    "control_rate_hz": (
-        0.0,
-        "Loop rate in Hz; 0 = the policy's control_rate_hz.",
-        {"read_only": True, "range": (0.0, 10000.0)},
-    ),
-    "use_measured_dt": (
-        True,
-        "Step the LTC by the measured time since the previous tick (else the nominal period).",
-        {},
-    ),
-    "sensor_timeout_s": (
-        0.25,
-        "An input older than this (node-clock receive time) makes the node publish the safe action.",
-        {"range": (0.0001, 3600.0)},
-    ),
-    "safe_action": (
-        "zero",
-        "Safe action: zero (clipped to the limits), hold (last published action) or spec "
-        "(the vector spec.extra['safe_action'] of the policy).",
-        {"additional_constraints": "one of zero, hold, spec"},
-    ),
-    "reset_on_resume": (True, "Reset the hidden state when fresh data resumes.", {}),
-    "max_action_rate": (
-        0.0,
-        "Largest change of each action element per second, in its units/s (0 = no limit).",
-        {"range": (0.0, 1.0e9)},
-    ),
-    "debug": (False, "Publish ~/observation (raw observation, dt and action of each tick).", {}),
-    "realtime_priority": (
-        0,
-        "SCHED_FIFO priority (1-99) of the control thread; 0 = normal scheduling. Needs "
-        "CAP_SYS_NICE or an rtprio limit (e.g. '@realtime - rtprio 98' in "
-        "/etc/security/limits.conf); if the kernel refuses, the loop runs at normal priority and "
-        "diagnostics say why.",
-        {"read_only": True, "int_range": (0, 99)},
-    ),
-    "cpu_affinity": (
-        Parameter.Type.INTEGER_ARRAY,
-        "CPU cores the control thread may run on (empty: any core).",
-        {"read_only": True},
-    ),
-}
+RESTART_WINDOW_S = 60.0
+SWAP_TIMING_STEPS = 50
 
 
 class PolicyRejected(ValueError):
@@ -162,83 +113,104 @@ class PolicyNode(LifecycleNode):
 
     def __init__(self, node_name: str = "policy_node", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        self._declare_parameters()
+        self._values = self._declare_parameters()
         self._service_group = MutuallyExclusiveCallbackGroup()  # services, diagnostics
         self._initial_dir = ""  # the directory of the first policy (allowed_policy_dirs unset)
+        self._transition_lock = threading.RLock()  # lifecycle transitions vs. the watchdog
+        # The estop state lives here for the node's whole life (not only in a control process).
+        self._estop: bool | None = None
+        self._started_s = time.monotonic()
+        self._estop_subs = [
+            self.create_subscription(Bool, "~/estop", self._on_estop, qos)
+            for qos in (LATCHED_QOS, RELIABLE_QOS)
+        ]
+        self._restarts: deque[float] = deque()
         self._reset_fields()
         self._ros_entities: list[tuple[str, Any]] = []
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # ---------------------------------------------------------------------------------------
-    # parameters
+    # parameters (declared from the settings table)
     # ---------------------------------------------------------------------------------------
-    def _declare_parameters(self) -> None:
-        for name, (default, description, extra) in PARAMETERS.items():
+    def _declare_parameters(self) -> dict[str, Any]:
+        values = {}
+        for s in SETTINGS:
             descriptor = ParameterDescriptor(
-                name=name,
-                description=description,
-                read_only=extra.get("read_only", False),
-                additional_constraints=extra.get("additional_constraints", ""),
+                name=s.name,
+                description=s.description,
+                read_only=s.read_only,
+                additional_constraints=f"one of {', '.join(s.choices)}" if s.choices else "",
             )
-            if "int_range" in extra:
-                lo, hi = extra["int_range"]
-                descriptor.integer_range = [IntegerRange(from_value=lo, to_value=hi, step=1)]
-            if "range" in extra:
-                lo, hi = extra["range"]
-                descriptor.floating_point_range = [
-                    FloatingPointRange(from_value=lo, to_value=hi, step=0.0)
+            if s.range is not None and s.kind is int:
+                descriptor.integer_range = [
+                    IntegerRange(from_value=int(s.range[0]), to_value=int(s.range[1]), step=1)
                 ]
-            self.declare_parameter(name, default, descriptor)
-        p = self._param
-        self._use_measured_dt = bool(p("use_measured_dt"))
-        self._sensor_timeout_s = float(p("sensor_timeout_s"))
-        self._safe_mode = str(p("safe_action"))
-        self._reset_on_resume = bool(p("reset_on_resume"))
-        self._max_action_rate = float(p("max_action_rate"))
-        self._debug = bool(p("debug"))
-        self._realtime_priority = int(p("realtime_priority"))
-        self._cpu_affinity = [int(c) for c in p("cpu_affinity")]
-        if not 0 <= self._realtime_priority <= 99:
-            raise ValueError(
-                f"parameter realtime_priority: expected 0 (off) to 99, got {self._realtime_priority}"
-            )
+            elif s.range is not None:
+                descriptor.floating_point_range = [
+                    FloatingPointRange(from_value=s.range[0], to_value=s.range[1], step=0.0)
+                ]
+            default = {
+                STRING_ARRAY: Parameter.Type.STRING_ARRAY,
+                INTEGER_ARRAY: Parameter.Type.INTEGER_ARRAY,
+            }.get(s.default, s.default)
+            self.declare_parameter(s.name, default, descriptor)
+            values[s.name] = self._param(s.name)
+            problem = s.check(values[s.name])
+            if problem:
+                raise ValueError(f"parameter {problem}")
         available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-        if self._cpu_affinity and not set(self._cpu_affinity) <= set(available):
+        cores = [int(c) for c in values["cpu_affinity"]]
+        if cores and not set(cores) <= set(available):
             raise ValueError(
-                f"parameter cpu_affinity: cores {sorted(set(self._cpu_affinity) - set(available))} "
+                f"parameter cpu_affinity: cores {sorted(set(cores) - set(available))} "
                 f"are not available to this process; expected a subset of {available}"
             )
-        if self._safe_mode not in SAFE_ACTIONS:
-            raise ValueError(
-                f"parameter safe_action: expected one of {SAFE_ACTIONS}, got {self._safe_mode!r}"
-            )
+        return values
 
     def _param(self, name: str) -> Any:
         try:
-            return self.get_parameter(name).value
+            value = self.get_parameter(name).value
         except ParameterUninitializedException:  # a list declared without a default: unset
             return []
+        if value is None or isinstance(value, (str, bytes, bool, int, float)):
+            return value
+        return list(value)  # array parameters come as lists or array.array
 
     @property
     def autostart(self) -> bool:
-        return bool(self._param("autostart"))
+        return bool(self._values["autostart"])
 
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        """Validate every change first (a swap loads and checks the file here), then apply."""
+        """Check every change first (a swap loads and checks the file here), then apply."""
+        try:
+            return self._set_parameters(params)
+        except Exception as exc:  # noqa: BLE001 (last resort: a parameter call never stops the node)
+            self.get_logger().error(f"parameter change refused: {type(exc).__name__}: {exc}")
+            return _refuse(f"refused: {type(exc).__name__}: {exc}")
+
+    def _set_parameters(self, params: list[Parameter]) -> SetParametersResult:
         updates: dict[str, Any] = {}
         for p in params:
-            if p.name == "safe_action":
-                if p.value not in SAFE_ACTIONS:
-                    return _refuse(f"safe_action: expected one of {SAFE_ACTIONS}, got {p.value!r}")
-                if p.value == "spec" and self._policy is not None:
-                    try:
-                        _spec_safe_action(self._policy.spec)
-                    except PolicyRejected as exc:
-                        return _refuse(f"safe_action 'spec': {exc}")
-            updates[p.name] = p.value
+            setting = BY_NAME.get(p.name)
+            value = list(p.value) if isinstance(p.value, (list, tuple)) else p.value
+            if setting is not None:
+                problem = setting.check(value)
+                if problem:
+                    return _refuse(problem)
+            updates[p.name] = value
+        values = {**self._values, **updates}
+        if self._policy is not None:
+            problem = check_timing(values, self._period_s)
+            if problem:
+                return _refuse(problem)
+            if values["safe_action"] == "spec":
+                try:
+                    spec_safe_action(self._policy.spec)
+                except SafetyError as exc:
+                    return _refuse(f"safe_action 'spec': {exc}")
         candidate = None
         if "policy_path" in updates and self._policy is not None:
-            self._tell_loop("swapping", value=True)  # ticks from now count as during a swap
+            self._tell_loop(Op.SWAPPING, value=True)  # ticks from now count as during a swap
             try:
                 candidate = self._load_checked(str(updates["policy_path"]), self._policy)
             except PolicyRejected as exc:
@@ -248,43 +220,28 @@ class PolicyNode(LifecycleNode):
                 return _refuse(str(exc))
             finally:
                 if candidate is None:
-                    self._tell_loop("swapping", value=False)
+                    self._tell_loop(Op.SWAPPING, value=False)
         elif "policy_path" in updates:
             try:
-                self._check_allowed(str(updates["policy_path"]))
+                self._resolve_path(str(updates["policy_path"]))
             except PolicyRejected as exc:
                 return _refuse(str(exc))
-        for name, value in updates.items():
-            if name in ("use_measured_dt", "reset_on_resume", "debug"):
-                setattr(self, "_" + name, bool(value))
-            elif name in ("sensor_timeout_s", "max_action_rate"):
-                setattr(self, "_" + name, float(value))
-            elif name == "safe_action":
-                self._safe_mode = str(value)
-        self._tell_loop("set", values=self._loop_settings())
+        self._values = values
+        loop_updates = {k: v for k, v in updates.items() if k in LOOP_SETTINGS}
+        if loop_updates:
+            self._tell_loop(Op.SET, values=loop_updates)
         if candidate is not None:
             # Put in place by the control process at a tick boundary, with a fresh hidden state;
             # its "swapped" event makes it the node's active policy.
             self._candidates[candidate.content_hash] = candidate
-            self._tell_loop("swap", arrays=_bundle(candidate), policy=_identity(candidate))
+            self._tell_loop(Op.SWAP, arrays=candidate.runtime(), policy=_identity(candidate))
             self.get_logger().info(
                 f"policy {candidate.path} ({candidate.content_hash}) validated; swapping"
             )
         return SetParametersResult(successful=True, reason="")
 
-    def _loop_settings(self) -> dict[str, Any]:
-        return {
-            "use_measured_dt": self._use_measured_dt,
-            "sensor_timeout_s": self._sensor_timeout_s,
-            "safe_action": self._safe_mode,
-            "reset_on_resume": self._reset_on_resume,
-            "max_action_rate": self._max_action_rate,
-            "debug": self._debug,
-            "enabled": self._enabled,
-        }
-
     def _tell_loop(
-        self, op: str, arrays: dict[str, np.ndarray] | None = None, **fields: Any
+        self, op: Op, arrays: dict[str, np.ndarray] | None = None, **fields: Any
     ) -> None:
         if self._loop is not None:
             try:
@@ -296,16 +253,30 @@ class PolicyNode(LifecycleNode):
     # loading and validation (never on the control path)
     # ---------------------------------------------------------------------------------------
     def _allowed_dirs(self) -> list[str]:
-        dirs = [d for d in self._param("allowed_policy_dirs") if d]
+        dirs = [d for d in self._values["allowed_policy_dirs"] if d]
         if not dirs and self._initial_dir:
             dirs = [self._initial_dir]
         return [os.path.realpath(d) for d in dirs]
 
-    def _check_allowed(self, path: str) -> str:
+    def _resolve_path(self, path: str) -> str:
+        """The real path of `path` inside an allowed folder (a relative path is looked up in
+        them, in order); PolicyRejected saying what was tried otherwise."""
         if not path:
             raise PolicyRejected("policy_path: empty; expected the path of a .lcp policy file")
-        real = os.path.realpath(path)
         dirs = self._allowed_dirs()
+        if not os.path.isabs(path):
+            if not dirs:
+                return os.path.realpath(path)
+            for d in dirs:
+                if os.path.exists(os.path.join(d, path)):
+                    path = os.path.join(d, path)
+                    break
+            else:
+                raise PolicyRejected(
+                    f"policy_path {path!r}: a relative path is looked up in allowed_policy_dirs "
+                    f"{dirs}, and none of them holds it"
+                )
+        real = os.path.realpath(path)
         if dirs and not any(os.path.commonpath([real, d]) == d for d in dirs):
             raise PolicyRejected(
                 f"policy_path {path!r} is outside allowed_policy_dirs {dirs}; expected a file "
@@ -314,18 +285,29 @@ class PolicyNode(LifecycleNode):
         return real
 
     def _load_checked(self, path: str, active: Policy | None) -> Policy:
-        """Load `path` and run every check; raises PolicyRejected naming the problem."""
-        real = self._check_allowed(path)
+        """Load `path` and run every check; raises PolicyRejected naming the problem (and
+        nothing else: an unexpected exception becomes a refusal with its text)."""
+        try:
+            return self._load_and_check(path, active)
+        except PolicyRejected:
+            raise
+        except Exception as exc:  # noqa: BLE001 (no policy file may stop the node)
+            raise PolicyRejected(
+                f"policy_path {path!r}: refused after an unexpected error "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
+
+    def _load_and_check(self, path: str, active: Policy | None) -> Policy:
+        real = self._resolve_path(path)
         try:
             policy = Policy.load(real)
-        except (PolicyFileError, OSError) as exc:
-            raise PolicyRejected(f"policy_path {path!r}: {exc}") from None
+        except PolicyFileError as exc:
+            raise PolicyRejected(f"policy_path {path!r}: {exc.problem}") from None
         spec = policy.spec
-        for msg_type in {**spec.observation_topics(), **spec.action_topics()}.values():
-            try:
-                message_class(msg_type)
-            except ValueError as exc:
-                raise PolicyRejected(f"policy_path {path!r}: {exc}") from None
+        try:
+            check_spec_messages(spec)
+        except (ValueError, ElementInvalid) as exc:
+            raise PolicyRejected(f"policy_path {path!r}: {exc}") from None
         if active is not None:
             try:
                 active.spec.check_compatible(spec)
@@ -338,23 +320,37 @@ class PolicyNode(LifecycleNode):
                     f"policy_path {path!r}: control_rate_hz is {spec.control_rate_hz}, the running "
                     f"policy's is {active.spec.control_rate_hz}"
                 )
-        if self._safe_mode == "spec":
-            _spec_safe_action(spec)
+        if self._values["safe_action"] == "spec":
+            try:
+                spec_safe_action(spec)
+            except SafetyError as exc:
+                raise PolicyRejected(f"policy_path {path!r}: {exc}") from None
         obs = spec.obs_mean  # the newest observation when the loop has one
         if self._loop is not None:
             try:
-                raw = self._loop.request("observation").get("raw")
+                raw = self._loop.request(Op.OBSERVATION).get("raw")
             except LoopProcessError as exc:
                 raise PolicyRejected(f"policy_path {path!r}: {exc}") from None
             if raw is not None:
                 obs = np.asarray(raw, np.float64)
-        try:
+        with np.errstate(all="ignore"):
             action = policy.step(obs)
-        except (ValueError, FloatingPointError) as exc:
-            raise PolicyRejected(f"policy_path {path!r}: dry inference failed: {exc}") from None
         if not np.isfinite(action).all():
             raise PolicyRejected(
                 f"policy_path {path!r}: dry inference gave a non-finite action {action.tolist()}"
+            )
+        period = self._period_s or 1.0 / (
+            float(self._values["control_rate_hz"]) or spec.control_rate_hz
+        )
+        step_s = measure_step_s(policy, obs)
+        budget = float(self._values["max_swap_step_fraction"]) * period
+        if step_s > budget:
+            raise PolicyRejected(
+                f"policy_path {path!r}: one step takes {step_s * 1e6:.0f} us (p99 of "
+                f"{SWAP_TIMING_STEPS}), over max_swap_step_fraction "
+                f"{self._values['max_swap_step_fraction']:g} of the {period * 1e3:g} ms control "
+                f"period ({budget * 1e6:.0f} us); expected a smaller policy or fewer ode_unfolds "
+                f"(it has {policy.ode_unfolds})"
             )
         policy.reset()
         policy.path = real
@@ -367,8 +363,8 @@ class PolicyNode(LifecycleNode):
         self._policy: Policy | None = None
         self._candidates: dict[str | None, Policy] = {}  # validated, sent to the loop to swap in
         self._loop: LoopProcess | None = None
+        self._loop_config: dict[str, Any] = {}
         self._period_s = 0.0
-        self._diag_timer = None
         self._waiting = True
         self._enabled = True
         self._safe_now: bool | None = None
@@ -378,56 +374,78 @@ class PolicyNode(LifecycleNode):
         self._swap_refusals = 0
         self._last_swap_error = ""
         self._pub_active = self._pub_is_safe = self._pub_diag = None
+        self._safe_outputs: list[tuple[Any, Any, str]] = []  # the watchdog's own publishers
+        self._writer: ActionWriter | None = None
+        self._space: ActionSpace | None = None
+        self._watchdog: Watchdog | None = None
+        self._watchdog_thread: threading.Thread | None = None
+        self._watchdog_stop = threading.Event()
+        self._stall = ""  # the watchdog's current cause ('' = ticking)
+        self._last_stall = ""
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        path = str(self._param("policy_path"))
-        try:
-            if path and not self._initial_dir and not self._param("allowed_policy_dirs"):
-                # Fixed at the first configure: later paths (swaps, or a new policy_path set
-                # while unconfigured) must lie in the same directory.
-                self._initial_dir = os.path.dirname(os.path.realpath(path))
-            policy = self._load_checked(path, None)
-            self._build(policy)
-        except (PolicyRejected, ValueError, LoopProcessError) as exc:
-            self._last_error = f"configure failed: {exc}"
-            self.get_logger().error(self._last_error)
-            self._release()
-            return TransitionCallbackReturn.FAILURE
-        self.get_logger().info(
-            f"configured: {policy.path} ({policy.content_hash}), {policy.spec.obs_dim} inputs from "
-            f"{list(policy.spec.observation_topics())}, {policy.spec.action_dim} actions to "
-            f"{list(policy.spec.action_topics())} at {1.0 / self._period_s:g} Hz; control process "
-            f"{self._loop.pid}"
-        )
-        return super().on_configure(state)
+        with self._transition_lock:
+            path = str(self._values["policy_path"])
+            try:
+                if path and not self._initial_dir and not self._values["allowed_policy_dirs"]:
+                    # Fixed at the first configure: later paths (swaps, or a new policy_path set
+                    # while unconfigured) must lie in the same directory.
+                    self._initial_dir = os.path.dirname(os.path.realpath(path))
+                policy = self._load_checked(path, None)
+                self._build(policy)
+            except (PolicyRejected, ValueError, LoopProcessError, SafetyError) as exc:
+                self._last_error = f"configure failed: {exc}"
+                self.get_logger().error(self._last_error)
+                self._release()
+                return TransitionCallbackReturn.FAILURE
+            self._last_error = ""
+            self.get_logger().info(
+                f"configured: {policy.path} ({policy.content_hash}), {policy.spec.obs_dim} inputs "
+                f"from {[t for t, _, _ in self._loop_config['inputs']]}, {policy.spec.action_dim} "
+                f"actions to {[t for t, _, _ in self._loop_config['outputs']]} at "
+                f"{1.0 / self._period_s:g} Hz; control process {self._loop.pid}"
+            )
+            return super().on_configure(state)
+
+    def _topic(self, name: str) -> str:
+        """A spec topic resolved as the node resolves names (namespace, remapping)."""
+        if self._values["relative_topics"]:
+            name = name.lstrip("/") or name
+        return self.resolve_topic_name(name)
 
     def _build(self, policy: Policy) -> None:
         spec = policy.spec
-        rate = float(self._param("control_rate_hz")) or spec.control_rate_hz
+        rate = float(self._values["control_rate_hz"]) or spec.control_rate_hz
         self._period_s = 1.0 / rate
+        problem = check_timing(self._values, self._period_s)
+        if problem:
+            raise ValueError(f"parameter {problem}")
+        safety_config(self._values, self._period_s)  # every safety setting checked here
         self._policy = policy
+        self._space = ActionSpace.from_spec(spec)
+        self._writer = ActionWriter(spec)
         # The control path (inputs, estop, commands) lives in the control process (see
         # control_loop.py), on a companion node `<name>_io`; topic names are resolved here.
-        resolve = self.resolve_topic_name
-        config = {
+        self._loop_config = {
             "node_name": f"{self.get_name()}_io",
             "namespace": self.get_namespace(),
             "spec": spec.to_dict(),
             "policy": _identity(policy),
-            "inputs": [[t, resolve(t), m] for t, m in spec.observation_topics().items()],
-            "outputs": [[t, resolve(t), m] for t, m in spec.action_topics().items()],
-            "estop_topic": resolve("~/estop"),
-            "debug_topic": resolve(DEBUG_TOPIC),
+            "inputs": [[t, self._topic(t), m] for t, m in spec.observation_topics().items()],
+            "outputs": [[t, self._topic(t), m] for t, m in spec.action_topics().items()],
+            "estop_topic": self.resolve_topic_name("~/estop"),
+            "debug_topic": self.resolve_topic_name(DEBUG_TOPIC),
             "period_s": self._period_s,
             "use_sim_time": bool(self.get_parameter("use_sim_time").value),
-            "realtime_priority": self._realtime_priority,
-            "cpu_affinity": self._cpu_affinity,
-            "settings": self._loop_settings(),
+            "realtime_priority": int(self._values["realtime_priority"]),
+            "cpu_affinity": [int(c) for c in self._values["cpu_affinity"]],
             # the companion node logs at this node's level (--ros-args --log-level ...)
             "log_level": int(self.get_logger().get_effective_level()),
         }
-        self._loop = LoopProcess(self._on_loop_event, self._period_s)
-        self._loop.request("configure", timeout_s=60.0, arrays=_bundle(policy), config=config)
+        self._start_loop(policy)
+        for topic, name, msg_type in self._loop_config["outputs"]:
+            pub = self.create_publisher(message_class(msg_type), name, output_qos(msg_type))
+            self._safe_outputs.append((self._keep("publisher", pub), topic, msg_type))
         self._pub_active = self._keep(
             "publisher", self.create_publisher(String, "~/active_policy", LATCHED_QOS)
         )
@@ -437,84 +455,121 @@ class PolicyNode(LifecycleNode):
         self._pub_diag = self._keep(
             "publisher", self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
         )
+        for srv, name, callback in (
+            (Trigger, "~/reset", self._on_reset),
+            (SetBool, "~/enable", self._on_enable),
+        ):
+            self._keep(
+                "service",
+                self.create_service(srv, name, callback, callback_group=self._service_group),
+            )
+        # Diagnostics on the wall clock: they go on when /clock stops.
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._keep(
-            "service",
-            self.create_service(
-                Trigger, "~/reset", self._on_reset, callback_group=self._service_group
-            ),
-        )
-        self._keep(
-            "service",
-            self.create_service(
-                SetBool, "~/enable", self._on_enable, callback_group=self._service_group
-            ),
-        )
-        self._diag_timer = self._keep(
             "timer",
-            self.create_timer(1.0, self._publish_diagnostics, callback_group=self._service_group),
+            self.create_timer(
+                1.0, self._publish_diagnostics, callback_group=self._service_group, clock=steady
+            ),
+        )
+        self._watchdog = Watchdog(
+            effective(self._values, self._period_s)["watchdog_timeout_s"],
+            repeat_s=max(self._period_s, 0.02),
         )
         self._publish_active_policy()
         self._publish_is_safe(True)
+
+    def _start_loop(self, policy: Policy) -> None:
+        """A new control process, configured with `policy` and the current settings."""
+        config = {
+            **self._loop_config,
+            "policy": _identity(policy),
+            "settings": {k: self._values[k] for k in LOOP_SETTINGS},
+            "estop": self._known_estop(),
+            "enabled": self._enabled,
+        }
+        loop = LoopProcess(
+            self._on_loop_event, self._period_s, policy.spec.action_dim, self._log_orphan
+        )
+        self._loop = loop
+        try:
+            loop.request(Op.CONFIGURE, timeout_s=60.0, arrays=policy.runtime(), config=config)
+        except LoopProcessError:
+            loop.kill()
+            self._loop = None
+            raise
 
     def _keep(self, kind: str, entity: Any) -> Any:
         self._ros_entities.append((kind, entity))
         return entity
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._waiting = True
-        ret = super().on_activate(state)
-        try:
-            self._loop.request("activate")
-        except LoopProcessError as exc:
-            self._last_error = f"activate failed: {exc}"
-            self.get_logger().error(self._last_error)
-            return TransitionCallbackReturn.ERROR
-        self._active = True
-        self.get_logger().info(
-            f"active; waiting for {list(self._policy.spec.observation_topics())} before commanding"
-        )
-        return ret
+        with self._transition_lock:
+            self._waiting = True
+            ret = super().on_activate(state)
+            try:
+                self._loop.request(Op.ACTIVATE, estop=self._known_estop())
+            except LoopProcessError as exc:
+                self._last_error = f"activate failed: {exc}"
+                self.get_logger().error(self._last_error)
+                return TransitionCallbackReturn.ERROR
+            self._active = True
+            self._start_watchdog()
+            self.get_logger().info(
+                f"active; waiting for {[n for _, n, _ in self._loop_config['inputs']]} and the "
+                "estop state before commanding"
+            )
+            return ret
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_and_publish_safe()
-        return super().on_deactivate(state)
+        with self._transition_lock:
+            self._stop_watchdog()
+            self._stop_and_publish_safe()
+            return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        return super().on_cleanup(state)
+        with self._transition_lock:
+            self._release()
+            return super().on_cleanup(state)
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        if self._active:
-            self._stop_and_publish_safe()
-        self._release()
-        return super().on_shutdown(state)
+        with self._transition_lock:
+            self._stop_watchdog()
+            if self._active:
+                self._stop_and_publish_safe()
+            self._release()
+            return super().on_shutdown(state)
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._release()
-        return TransitionCallbackReturn.SUCCESS
+        with self._transition_lock:
+            self._stop_watchdog()
+            self._publish_safe_from_node()
+            self._release()
+            return TransitionCallbackReturn.SUCCESS
 
     def _stop_and_publish_safe(self) -> None:
         """Stop the loop (the control process publishes the safe action once if it was
         commanding, and waits for a running tick)."""
         if self._loop is not None:
             try:
-                self._loop.request("deactivate")
+                self._loop.request(Op.DEACTIVATE)
             except LoopProcessError as exc:
                 self._last_error = f"deactivate: {exc}"
                 self.get_logger().error(self._last_error)
+                self._publish_safe_from_node()
         self._active = False
         self._waiting = True
         self._publish_is_safe(True)
 
     def _release(self) -> None:
+        self._stop_watchdog()
         if self._loop is not None:
             self._loop.close()
         for kind, entity in reversed(self._ros_entities):
             getattr(self, "destroy_" + kind)(entity)
         self._ros_entities = []
-        last_error, initial_dir = self._last_error, self._initial_dir
+        last_error, last_stall = self._last_error, self._last_stall
         self._reset_fields()
-        self._last_error, self._initial_dir = last_error, initial_dir
+        self._last_error, self._last_stall = last_error, last_stall
 
     def start(self) -> bool:
         """Configure and activate (what `autostart` does); False if a transition failed."""
@@ -523,51 +578,189 @@ class PolicyNode(LifecycleNode):
         return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
 
     # ---------------------------------------------------------------------------------------
-    # the control process's events, services
+    # the watchdog (wall clock, its own thread: no executor, no sim time)
     # ---------------------------------------------------------------------------------------
-    def _on_loop_event(self, event: dict[str, Any]) -> None:
+    def _start_watchdog(self) -> None:
+        self._watchdog.reset()
+        self._watchdog_since = time.monotonic()
+        self._watchdog_stop = threading.Event()
+        self._watchdog_thread = threading.Thread(
+            target=self._watch, args=(self._watchdog_stop,), name="watchdog", daemon=True
+        )
+        self._watchdog_thread.start()
+
+    def _stop_watchdog(self) -> None:
+        thread, self._watchdog_thread = self._watchdog_thread, None
+        self._watchdog_stop.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5.0)
+
+    def _watch(self, stop: threading.Event) -> None:
+        interval = min(0.02, self._watchdog.timeout_s / 10)
+        while not stop.wait(interval):
+            try:
+                with self._transition_lock:
+                    if stop.is_set():
+                        return
+                    self._watch_once()
+            except Exception as exc:  # noqa: BLE001 (the watchdog must outlive any bug)
+                self.get_logger().error(
+                    f"watchdog: {type(exc).__name__}: {exc}", throttle_duration_sec=1.0
+                )
+
+    def _watch_once(self) -> None:
+        loop, dog = self._loop, self._watchdog
+        if loop is None or dog is None:
+            return
+        beat = loop.heartbeat
+        verdict = dog.check(
+            LoopHealth(
+                now_s=time.monotonic(),
+                since_s=self._watchdog_since,
+                last_tick_s=beat.tick_s,
+                alive_s=beat.alive_s,
+                process_running=loop.alive(),
+                process_stopped=loop.stopped(),
+                exit_code=loop.exit_code,
+            )
+        )
+        if not verdict.stalled:
+            if self._stall:
+                self.get_logger().info(f"watchdog: ticking again (was: {self._stall})")
+                self._stall = ""
+            return
+        if verdict.publish_safe:
+            self._publish_safe_from_node()
+        if not self._stall:
+            self.get_logger().error(f"watchdog: {verdict.cause}: publishing the safe action")
+        self._stall = verdict.cause
+        self._last_stall = f"{verdict.cause} (at {time.strftime('%H:%M:%S')})"
+        self._publish_is_safe(True)
+        if verdict.replace_process:
+            self._replace_loop(verdict.cause)
+
+    def _publish_safe_from_node(self) -> None:
+        """The safe action from this process (the control process cannot be trusted to)."""
+        if self._writer is None or self._space is None or not self._safe_outputs:
+            return
+        last = None
+        if self._loop is not None:
+            last = np.array(self._loop.last_command)
+        action = safe_action(self._values["safe_action"], self._space, last)
+        for pub, topic, msg_type in self._safe_outputs:
+            msg = make_message(msg_type)
+            self._writer.fill(topic, msg, action, make_message)
+            pub.publish(msg)
+
+    def _replace_loop(self, cause: str) -> None:
+        """Kill the control process and start a new one (or deactivate: too many restarts)."""
+        now = time.monotonic()
+        while self._restarts and now - self._restarts[0] > RESTART_WINDOW_S:
+            self._restarts.popleft()
+        old, policy = self._loop, self._policy
+        if old is not None:
+            old.kill()
+        self._loop = None
+        if len(self._restarts) >= int(self._values["max_control_restarts"]):
+            self._last_error = (
+                f"watchdog: {cause}; {len(self._restarts)} control-process restarts in the last "
+                f"{RESTART_WINDOW_S:g} s: deactivating (activate again to retry)"
+            )
+            self.get_logger().error(self._last_error)
+            self._watchdog_stop.set()
+            threading.Thread(target=self._deactivate_after_failures, daemon=True).start()
+            return
+        self._restarts.append(now)
+        try:
+            self._start_loop(policy)
+            self._loop.request(Op.ACTIVATE, estop=self._known_estop())
+        except LoopProcessError as exc:
+            self._last_error = f"watchdog: could not restart the control process: {exc}"
+            self.get_logger().error(self._last_error)
+            return
+        self._watchdog.reset()
+        self._watchdog_since = time.monotonic()
+        self._waiting = True
+        self.get_logger().warning(
+            f"watchdog: {cause}: control process replaced (pid {self._loop.pid}, restart "
+            f"{len(self._restarts)} of at most {self._values['max_control_restarts']} per "
+            f"{RESTART_WINDOW_S:g} s)"
+        )
+
+    def _deactivate_after_failures(self) -> None:
+        with self._transition_lock:
+            if self._state_machine.current_state[1] == "active":
+                self.trigger_deactivate()
+            self._publish_safe_from_node()
+
+    # ---------------------------------------------------------------------------------------
+    # the control process's events, services, estop
+    # ---------------------------------------------------------------------------------------
+    def _on_loop_event(self, event: Event) -> None:
         """Called from the control process's event reader thread."""
-        kind = event.get("ev")
-        if kind == "is_safe":
-            self._publish_is_safe(bool(event["safe"]))
-        elif kind == "commanding":
+        f = event.fields
+        if event.ev is Ev.IS_SAFE:
+            self._publish_is_safe(bool(f["safe"]))
+        elif event.ev is Ev.COMMANDING:
             self._waiting = False
             self.get_logger().info("every input has arrived: commanding")
-        elif kind == "swapped":
-            policy = self._candidates.pop(event.get("hash"), None)
+        elif event.ev is Ev.SWAPPED:
+            policy = self._candidates.pop(f["hash"], None)
             if policy is not None:
                 self._policy = policy
+                self._space = ActionSpace.from_spec(policy.spec)
+                self._last_swap_error = ""
                 self._publish_active_policy()
-        elif kind == "swap_failed":
-            self._candidates.pop(event.get("hash"), None)
+        elif event.ev is Ev.SWAP_FAILED:
+            self._candidates.pop(f["hash"], None)
             self._swap_refusals += 1
-            self._last_swap_error = (
-                f"the control process could not put it in place: {event.get('error')}"
-            )
+            self._last_swap_error = f"the control process could not put it in place: {f['error']}"
             self.get_logger().error(self._last_swap_error)
-        elif kind == "exit":
-            # Nothing commands the robot now (its controllers' command timeouts apply).
-            self._last_error = (
-                f"control process exited unexpectedly (exit code {event.get('code')})"
-            )
+        elif event.ev is Ev.ESTOP:
+            self._estop = bool(f["engaged"])
+        elif event.ev is Ev.EXIT:
+            # The watchdog publishes the safe action and replaces the process.
+            self._last_error = f"control process exited unexpectedly (exit code {f['code']})"
             self.get_logger().error(self._last_error)
             self._waiting = True
             self._publish_is_safe(True)
 
+    def _log_orphan(self, text: str) -> None:
+        self.get_logger().error(text)
+
+    def _on_estop(self, msg: Bool) -> None:
+        self._estop = bool(msg.data)
+
+    def _known_estop(self) -> bool | None:
+        """The estop state this process knows: the last message heard; else, when estop is not
+        required, released once this process has listened for estop_discovery_s without
+        finding a latched estop publisher (a new control process then need not wait again)."""
+        if self._estop is not None or self._values["estop_required_at_start"]:
+            return self._estop
+        listened_s = time.monotonic() - self._started_s
+        if listened_s >= float(self._values["estop_discovery_s"]):
+            count = getattr(self._estop_subs[0], "get_publisher_count", None)
+            latched = count() if count is not None else self.count_publishers("~/estop")
+            if latched == 0:
+                return False
+        return None
+
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         try:
-            self._loop.send("reset")
+            self._loop.send(Op.RESET)
         except (LoopProcessError, AttributeError) as exc:
             response.success, response.message = False, f"not reset: {exc}"
             return response
         response.success = True
-        response.message = "hidden state reset at the next tick"
+        response.message = (
+            "hidden state reset (and any out-of-domain latch cleared) at the next tick"
+        )
         return response
 
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         self._enabled = bool(request.data)
         try:
-            self._loop.send("set", values={"enabled": self._enabled})
+            self._loop.send(Op.SET, values={"enabled": self._enabled})
         except (LoopProcessError, AttributeError) as exc:
             response.success, response.message = False, f"not changed: {exc}"
             return response
@@ -578,6 +771,8 @@ class PolicyNode(LifecycleNode):
         return response
 
     def _publish_is_safe(self, safe: bool) -> None:
+        if safe is False and self._stall:
+            return  # a late event of a stalled process must not say it commands
         self._safe_now = safe
         if self._pub_is_safe is not None:
             self._pub_is_safe.publish(Bool(data=safe))
@@ -589,116 +784,133 @@ class PolicyNode(LifecycleNode):
             )
 
     # ---------------------------------------------------------------------------------------
-    # diagnostics
+    # diagnostics (a wall-clock timer: they go on when /clock stops)
     # ---------------------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
-        if self._pub_diag is None or self._policy is None or self._loop is None:
+        try:
+            self._diagnostics()
+        except Exception as exc:  # noqa: BLE001 (e.g. the loop replaced meanwhile)
+            self.get_logger().error(f"diagnostics: {exc!r}", throttle_duration_sec=5.0)
+
+    def _diagnostics(self) -> None:
+        loop_proc = self._loop
+        if self._pub_diag is None or self._policy is None:
             return
         status = DiagnosticStatus()
         status.name = f"{self.get_fully_qualified_name()}: policy loop"
         status.hardware_id = self._policy.spec.robot
         lifecycle_state = self._state_machine.current_state[1]
-        try:
-            loop = self._loop.request(
-                "stats", timeout_s=0.5, now_ns=self.get_clock().now().nanoseconds
-            )["values"]
-            loop_error = ""
-        except LoopProcessError as exc:
-            loop, loop_error = {}, str(exc)
+        loop: dict[str, Any] = {}
+        loop_error = ""
+        if loop_proc is not None and loop_proc.alive() and not self._stall:
+            try:
+                loop = loop_proc.request(
+                    Op.STATS, timeout_s=0.5, now_ns=self.get_clock().now().nanoseconds
+                )["values"]
+            except LoopProcessError as exc:
+                loop_error = str(exc)
         missing = loop.pop("missing_inputs", [])
         last_loop_error = loop.pop("loop_error", "")  # the loop's own, not a failed request
-        stats = self._loop.stats  # written by the control process, summarised here
-        window, total = stats.window_summary(), stats.total_summary()
         values: dict[str, Any] = {
             "state": lifecycle_state,
             "active_policy": self._policy.path,
             "active_policy_hash": self._policy.content_hash,
             "control_rate_hz": 1.0 / self._period_s,
-            "control_process": f"pid {self._loop.pid}"
-            + ("" if self._loop.alive() else " (exited)"),
+            "control_process": "none"
+            if loop_proc is None
+            else f"pid {loop_proc.pid}" + ("" if loop_proc.alive() else " (exited)"),
             "control_thread": loop.pop("control_thread", "?"),
-            **window,
-            **{f"total_{k}": v for k, v in total.items()},
-            **loop,
-            "safe_action_mode": self._safe_mode,
-            "swap_refusals": self._swap_refusals,
-            "last_swap_error": self._last_swap_error,
-            "last_error": loop_error or self._last_error or last_loop_error,
+            "watchdog": self._stall or "ticking",
+            "last_stall": self._last_stall,
+            "control_restarts_last_60s": len(self._restarts),
         }
-        non_finite = int(loop.get("non_finite_outputs", 0))
+        if loop_proc is not None:
+            stats = loop_proc.stats  # written by the control process, summarised here
+            values.update(stats.window_summary())
+            values.update({f"total_{k}": v for k, v in stats.total_summary().items()})
+        values.update(loop)
+        values.update(
+            {
+                "safe_action_mode": self._values["safe_action"],
+                "swap_refusals": self._swap_refusals,
+                "last_swap_error": self._last_swap_error,
+                "last_error": loop_error or self._last_error or last_loop_error,
+            }
+        )
+        non_finite = int(loop.get("non_finite_outputs", self._non_finite_reported))
         new_non_finite = non_finite - self._non_finite_reported
         self._non_finite_reported = non_finite
-        if not self._loop.alive():
-            status.level = DiagnosticStatus.ERROR
-            status.message = self._last_error or "control process exited"
-        elif loop_error:
-            status.level, status.message = DiagnosticStatus.ERROR, loop_error
-        elif new_non_finite:
-            status.level = DiagnosticStatus.ERROR
-            status.message = (
-                f"{new_non_finite} non-finite policy outputs replaced by the safe action"
-            )
-        elif lifecycle_state != "active":
-            status.level, status.message = (
-                DiagnosticStatus.WARN,
-                f"{lifecycle_state}: not commanding",
-            )
-        elif loop.get("waiting_for_inputs", self._waiting):
-            status.level = DiagnosticStatus.WARN
-            status.message = f"waiting for inputs {missing}"
-        elif loop.get("safe_action_active", self._safe_now):
-            status.level = DiagnosticStatus.WARN
-            status.message = "safe action: " + str(loop.get("safe_action_reasons", ""))
-        else:
-            status.level, status.message = DiagnosticStatus.OK, "running the policy"
+        status.level, status.message = self._diagnostic_level(
+            lifecycle_state, loop, loop_error, new_non_finite, missing
+        )
         status.values = [KeyValue(key=k, value=_fmt(v)) for k, v in values.items()]
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         array.status = [status]
         self._pub_diag.publish(array)
 
+    def _diagnostic_level(
+        self,
+        lifecycle_state: str,
+        loop: dict[str, Any],
+        loop_error: str,
+        new_non_finite: int,
+        missing: list[str],
+    ) -> tuple[bytes, str]:
+        if self._stall:
+            return DiagnosticStatus.ERROR, f"watchdog: {self._stall}; publishing the safe action"
+        if self._loop is None or not self._loop.alive():
+            return DiagnosticStatus.ERROR, self._last_error or "control process exited"
+        if loop_error:
+            return DiagnosticStatus.ERROR, loop_error
+        if new_non_finite:
+            return (
+                DiagnosticStatus.ERROR,
+                f"{new_non_finite} non-finite policy outputs replaced by the safe action",
+            )
+        if loop.get("latched"):
+            return DiagnosticStatus.ERROR, f"latched safe action: {loop['latched']} (~/reset)"
+        if lifecycle_state != "active":
+            if self._last_error:
+                return DiagnosticStatus.ERROR, f"{lifecycle_state}: {self._last_error}"
+            return DiagnosticStatus.WARN, f"{lifecycle_state}: not commanding"
+        if loop.get("waiting_for_inputs", self._waiting):
+            return DiagnosticStatus.WARN, f"waiting for inputs {missing}"
+        if loop.get("flooded_inputs"):
+            return DiagnosticStatus.WARN, f"flooded input: {loop['flooded_inputs']}"
+        if loop.get("safe_action_active", self._safe_now):
+            return DiagnosticStatus.WARN, "safe action: " + str(loop.get("safe_action_reasons", ""))
+        if loop.get("slow_inputs"):
+            return DiagnosticStatus.WARN, f"slow input: {loop['slow_inputs']}"
+        return DiagnosticStatus.OK, "running the policy"
 
-def _spec_safe_action(spec: InterfaceSpec) -> np.ndarray:
-    """spec.extra['safe_action'] as a checked vector (PolicyRejected naming the problem)."""
-    value = spec.extra.get("safe_action")
-    if value is None:
-        raise PolicyRejected(
-            "spec.extra['safe_action'] is missing; expected a list of "
-            f"{spec.action_dim} numbers within the action limits"
-        )
-    try:
-        vec = np.asarray(value, np.float64).reshape(-1)
-    except (TypeError, ValueError):
-        raise PolicyRejected(
-            f"spec.extra['safe_action']: expected numbers, got {value!r}"
-        ) from None
-    if vec.shape != (spec.action_dim,) or not np.isfinite(vec).all():
-        raise PolicyRejected(
-            f"spec.extra['safe_action']: expected {spec.action_dim} finite numbers, got {value!r}"
-        )
-    outside = (vec < spec.action_low) | (vec > spec.action_high)
-    if outside.any():
-        i = int(np.flatnonzero(outside)[0])
-        raise PolicyRejected(
-            f"spec.extra['safe_action'][{i}] = {vec[i]} is outside the limits "
-            f"[{spec.action_low[i]}, {spec.action_high[i]}] of action {spec.actions[i].name!r}"
-        )
-    return vec
+
+def check_spec_messages(spec: InterfaceSpec) -> None:
+    """Every message type of `spec` is installed and every field path it reads or writes exists
+    on the real message class (ValueError / ElementInvalid naming the element and the path)."""
+    for role, elements in (("observations", spec.observations), ("actions", spec.actions)):
+        by_topic: dict[str, list[Any]] = {}
+        for e in elements:
+            by_topic.setdefault(e.topic, []).append(e)
+        for group in by_topic.values():
+            message_class(group[0].msg_type)  # ValueError naming a type not installed
+            check_field_paths(group, make_message, f"spec.{role}")
 
 
-def _bundle(policy: Policy) -> dict[str, np.ndarray]:
-    """What the control process needs to run `policy` (see `Policy.runtime`), with its safe-action
-    vectors: zero clipped into the limits, and spec.extra['safe_action'] where there is one."""
-    spec = policy.spec
-    arrays = policy.runtime()
-    arrays["zero_action"] = np.clip(np.zeros(spec.action_dim), spec.action_low, spec.action_high)
-    if "safe_action" in spec.extra:
-        arrays["spec_action"] = _spec_safe_action(spec)
-    return arrays
+def measure_step_s(policy: Policy, obs: np.ndarray, steps: int = SWAP_TIMING_STEPS) -> float:
+    """The p99 of `steps` timed policy steps on `obs` (state reset afterwards)."""
+    times = np.empty(steps)
+    with np.errstate(all="ignore"):
+        for k in range(steps):
+            t0 = time.perf_counter()
+            policy.step(obs)
+            times[k] = time.perf_counter() - t0
+    policy.reset()
+    return float(np.percentile(times, 99))
 
 
 def _identity(policy: Policy) -> dict[str, Any]:
-    return {"path": policy.path, "hash": policy.content_hash}
+    return {"path": policy.path, "hash": policy.content_hash, "spec": policy.spec.to_dict()}
 
 
 def _refuse(reason: str) -> SetParametersResult:

@@ -220,3 +220,46 @@ class LoopStats:
         self._compute.clear()
         self.period_error_hist.clear()
         self.compute_hist.clear()
+
+
+class Heartbeat:
+    """The control process's signs of life, in shared memory (`storage`: `SIZE` float64s).
+
+    Times are `time.monotonic()` seconds (CLOCK_MONOTONIC: one clock for every process of the
+    machine). `tick_s`: the last completed tick; `alive_s`: the last time the control thread ran
+    at all (it beats while it waits for a node clock that does not advance, too); `clock_s`: the
+    node-clock time it last saw. 0 = never (since the last `clear`)."""
+
+    SIZE = 3
+
+    def __init__(self, storage: np.ndarray | None = None) -> None:
+        self._store = np.zeros(self.SIZE) if storage is None else storage
+        if self._store.shape != (self.SIZE,):
+            raise ValueError(f"Heartbeat storage: expected {self.SIZE} float64s")
+        self._mv = memoryview(self._store)
+
+    def beat(self, now_s: float, clock_s: float) -> None:
+        """The control thread is alive (called while waiting, too)."""
+        self._mv[1] = now_s
+        self._mv[2] = clock_s
+
+    def ticked(self, now_s: float) -> None:
+        self._mv[0] = now_s
+        self._mv[1] = now_s
+
+    @property
+    def tick_s(self) -> float | None:
+        v = float(self._store[0])
+        return v or None
+
+    @property
+    def alive_s(self) -> float | None:
+        v = float(self._store[1])
+        return v or None
+
+    @property
+    def clock_s(self) -> float:
+        return float(self._store[2])
+
+    def clear(self) -> None:
+        self._store[:] = 0.0
