@@ -222,7 +222,12 @@ def run_demo(
         NodeProcess("liquid_control.ros.sim_node", sim_params, out / "sim_node.log"),
         NodeProcess(
             "liquid_control.ros.policy_node",
-            {"policy_path": str(policy_path.resolve()), "use_sim_time": True, "debug": True},
+            {
+                "policy_path": str(policy_path.resolve()),
+                "use_sim_time": True,
+                "debug": True,
+                "estop_required_at_start": False,  # a simulation: nobody at risk
+            },
             out / "policy_node.log",
         ),
     ]

@@ -68,7 +68,15 @@ def over_ros(
         )
         policy = NodeProcess(
             "liquid_control.ros.policy_node",
-            overrides={"policy_path": policy_path, "use_sim_time": True, "sensor_timeout_s": 60.0},
+            overrides={
+                "policy_path": policy_path,
+                "use_sim_time": True,
+                "sensor_timeout_s": 60.0,
+                # no estop in this test, and lock-step ticks may take long on a loaded machine
+                "estop_required_at_start": False,
+                "estop_discovery_s": 0.0,
+                "watchdog_timeout_s": 30.0,
+            },
             log_dir=log_dir,
         )
         try:

@@ -418,6 +418,7 @@ def test_bad_settings_are_refused_by_name(field, value):
             st.booleans(),  # a tick completed
             st.booleans(),  # the thread showed life
             st.sampled_from(["running", "running", "running", "stopped", "exited"]),
+            st.booleans(),  # the last tick commanded
         ),
         min_size=1,
         max_size=80,
@@ -426,16 +427,20 @@ def test_bad_settings_are_refused_by_name(field, value):
 def test_watchdog_flags_every_stall_within_its_timeout_and_repeats_the_safe_action(events):
     dog = Watchdog(timeout_s=0.5, repeat_s=0.1)
     now, since, last_tick, alive, last_safe = 0.0, 0.0, None, None, None
-    for step, ticked, lived, proc in events:
+    for step, ticked, lived, proc, commanding in events:
         now += step
         if ticked:
             last_tick = alive = now
         elif lived:
             alive = now
-        v = dog.check(LoopHealth(now, since, last_tick, alive, proc != "exited", proc == "stopped"))
+        v = dog.check(
+            LoopHealth(
+                now, since, last_tick, alive, proc != "exited", proc == "stopped", None, commanding
+            )
+        )
         tick_age = now - (last_tick if last_tick is not None else since)
         alive_age = now - (alive if alive is not None else since)
-        must = proc != "running" or tick_age > 0.5 or alive_age > 0.5
+        must = proc != "running" or (commanding and tick_age > 0.5) or alive_age > 0.5
         assert v.stalled == must, (v, tick_age, alive_age, proc)
         if v.stalled:
             assert v.cause

@@ -10,8 +10,11 @@ while it waits for a /clock that does not come). `Watchdog.check` turns that int
   `timeout_s` (hung: a tick that never ends) -> stalled, publish the safe action, replace it
   (the node kills it first, so it can never command again);
 - its thread is alive but no tick completed for `timeout_s` (the node clock does not advance:
-  /clock stopped or paused) -> stalled, publish the safe action; no replacement (the process is
-  fine; it resumes with a reset hidden state when the clock moves again).
+  /clock stopped or paused) while its last tick published the policy's output -> stalled,
+  publish the safe action; no replacement (the process is fine; it resumes with one safe tick
+  and a reset hidden state when the clock moves again). If its last tick published the safe
+  action, or nothing yet (a simulation that has not started), no motion command is standing:
+  that is not a stall.
 
 While stalled, the safe action is published again every `repeat_s`, so a controller with a
 command timeout of its own keeps receiving it. Times are seconds on one monotonic clock.
@@ -36,6 +39,7 @@ class LoopHealth:
     process_running: bool
     process_stopped: bool = False
     exit_code: int | None = None
+    commanding: bool = True  # the last tick published the policy's output
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,7 @@ class Watchdog:
                 True,
             )
         tick = h.since_s if h.last_tick_s is None else max(h.last_tick_s, h.since_s)
-        if h.now_s - tick > self.timeout_s:
+        if h.commanding and h.now_s - tick > self.timeout_s:
             return (
                 f"no tick for {h.now_s - tick:.2f} s: the node clock does not advance "
                 "(/clock stopped or paused?)",

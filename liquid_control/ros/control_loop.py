@@ -644,7 +644,7 @@ class ControlLoop:
             self._stats.record(
                 period, time.perf_counter() - t0, self._swapping or bool(self._commands)
             )
-            self.heartbeat.ticked(time.monotonic())
+            self.heartbeat.ticked(time.monotonic(), self._safe_now is False)
 
     def _control_step(self, now_ns: int) -> None:
         """One tick (called with the tick lock held): inputs -> safety core -> publish."""

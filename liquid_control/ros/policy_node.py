@@ -622,6 +622,7 @@ class PolicyNode(LifecycleNode):
                 process_running=loop.alive(),
                 process_stopped=loop.stopped(),
                 exit_code=loop.exit_code,
+                commanding=beat.commanding,
             )
         )
         if not verdict.stalled:

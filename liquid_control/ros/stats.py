@@ -228,9 +228,10 @@ class Heartbeat:
     Times are `time.monotonic()` seconds (CLOCK_MONOTONIC: one clock for every process of the
     machine). `tick_s`: the last completed tick; `alive_s`: the last time the control thread ran
     at all (it beats while it waits for a node clock that does not advance, too); `clock_s`: the
-    node-clock time it last saw. 0 = never (since the last `clear`)."""
+    node-clock time it last saw; `commanding`: whether the last tick published the policy's
+    output. 0 = never (since the last `clear`)."""
 
-    SIZE = 3
+    SIZE = 4
 
     def __init__(self, storage: np.ndarray | None = None) -> None:
         self._store = np.zeros(self.SIZE) if storage is None else storage
@@ -243,9 +244,14 @@ class Heartbeat:
         self._mv[1] = now_s
         self._mv[2] = clock_s
 
-    def ticked(self, now_s: float) -> None:
+    def ticked(self, now_s: float, commanding: bool) -> None:
         self._mv[0] = now_s
         self._mv[1] = now_s
+        self._mv[3] = 1.0 if commanding else 0.0
+
+    @property
+    def commanding(self) -> bool:
+        return bool(self._store[3])
 
     @property
     def tick_s(self) -> float | None:
