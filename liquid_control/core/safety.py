@@ -465,7 +465,7 @@ class SafetyCore:
         """Blend from where the robot was to `action` over blend_s after a period without policy
         commands or a swap."""
         if not self._commanding or self._policy_changed:
-            start = (self._prev if self._prev is not None else self.space.zero).copy()
+            start = (self._prev if self._prev is not None else self.safe_action()).copy()
             if not self._commanding:  # activation or resume: position outputs start from where
                 fb = self.space.feedback  # the robot measures itself to be
                 measured = fb >= 0

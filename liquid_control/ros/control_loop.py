@@ -22,6 +22,7 @@ arrive resolved (remapped) by the node; its logger is set to the node's level.
 from __future__ import annotations
 
 import gc
+import math
 import os
 import threading
 import time
@@ -63,6 +64,11 @@ SIM_CLOCK_POLL_S = 2e-4
 # The reader thread takes at most this many messages of one topic per wake-up before it looks
 # at the others (and lets the control thread in).
 READER_BATCH = 8
+# A publisher whose last QUARANTINE_AFTER messages were all rejected is not decoded for
+# QUARANTINE_S (see TopicFigures).
+QUARANTINE_AFTER, QUARANTINE_S = 50, 1.0
+# The share of a control period a tick may spend taking input messages.
+TAKE_BUDGET = 0.25
 # A flood: rejected messages above this rate on one topic (per second).
 FLOOD_REJECTED_HZ = 100.0
 
@@ -112,36 +118,66 @@ class LoopClock:
 
 
 @dataclass
+class Sender:
+    """One publisher of an input topic, as the reader sees it (by its DDS gid)."""
+
+    last_seq: int | None = None
+    rejected_in_a_row: int = 0
+    quarantined_until: float = 0.0  # monotonic s
+
+
+@dataclass
 class TopicFigures:
-    """What arrived on one input topic (since configure), for diagnostics."""
+    """What arrived on one input topic (since configure), for diagnostics.
+
+    A publisher whose last `QUARANTINE_AFTER` messages were all rejected is quarantined for
+    `QUARANTINE_S`: its messages are then counted but not decoded, so a flood of bad messages
+    costs the loop a take each, and cannot starve the valid publishers of the same topic."""
 
     taken: int = 0
     valid: int = 0
     dropped: int = 0  # middleware-reported: gaps in a publisher's sequence numbers
     rejected: Counter[str] = field(default_factory=Counter)
-    last_seq: dict[bytes, int] = field(default_factory=dict)
-    interval_s: float | None = None  # smoothed interval between valid samples (receive time)
-    last_valid_s: float | None = None
+    senders: dict[bytes, Sender] = field(default_factory=dict)
+    interval_s: float | None = None  # smoothed wall-clock interval between valid samples
+    last_valid_s: float | None = None  # (monotonic)
     window: tuple[float, int, int, int] = (0.0, 0, 0, 0)  # (time, taken, dropped, rejected)
 
-    def sequence(self, info: dict[str, Any]) -> None:
-        seq = info.get("publication_sequence_number")
+    def sender(self, info: dict[str, Any]) -> Sender | None:
+        """The message's publisher, with the messages the middleware dropped between its
+        previous one and this counted (gaps in its sequence numbers)."""
         gid = (info.get("publisher_gid") or {}).get("data")
-        if not seq or gid is None:  # (not every rmw/rclpy reports them)
-            return
-        last = self.last_seq.get(gid)
-        if last is not None and seq > last + 1:
-            self.dropped += seq - last - 1
-        if len(self.last_seq) > 64:
-            self.last_seq.clear()
-        self.last_seq[gid] = seq
+        if gid is None:  # (not every rmw/rclpy reports it)
+            return None
+        sender = self.senders.get(gid)
+        if sender is None:
+            if len(self.senders) > 64:
+                self.senders.clear()
+            sender = self.senders[gid] = Sender()
+        seq = info.get("publication_sequence_number")
+        if seq:
+            if sender.last_seq is not None and seq > sender.last_seq + 1:
+                self.dropped += seq - sender.last_seq - 1
+            sender.last_seq = seq
+        return sender
 
-    def arrived(self, stamp_s: float) -> None:
+    def judged(self, sender: Sender | None, valid: bool, now_s: float) -> None:
+        if sender is None:
+            return
+        if valid:
+            sender.rejected_in_a_row = 0
+            return
+        sender.rejected_in_a_row += 1
+        if sender.rejected_in_a_row >= QUARANTINE_AFTER:
+            sender.quarantined_until = now_s + QUARANTINE_S
+            sender.rejected_in_a_row = 0
+
+    def arrived(self, now_s: float) -> None:
         self.valid += 1
-        if self.last_valid_s is not None and stamp_s > self.last_valid_s:
-            gap = stamp_s - self.last_valid_s
+        if self.last_valid_s is not None and now_s > self.last_valid_s:
+            gap = now_s - self.last_valid_s
             self.interval_s = gap if self.interval_s is None else 0.8 * self.interval_s + 0.2 * gap
-        self.last_valid_s = stamp_s
+        self.last_valid_s = now_s
 
 
 @dataclass
@@ -173,6 +209,7 @@ class InputPath:
             )
             for topic, name, t in config["inputs"]
         ]
+        self.max_bytes = int(config["settings"]["max_input_bytes"])
         self.estop_topic = config["estop_topic"]
         self.estop_subs = [
             node.create_subscription(Bool, self.estop_topic, _taken_by_the_loop, qos)
@@ -188,35 +225,52 @@ class InputPath:
         self.rejections: deque[tuple[str, MessageRejected]] = deque(maxlen=64)  # for the log
         self.last_rejection: dict[str, str] = {}  # reason -> "topic: detail"
         self._stop = threading.Event()
+        self.tick_waiting = threading.Event()  # set by a tick while it needs the lock
         self._wake = node.create_guard_condition(_taken_by_the_loop)
         self._reader: threading.Thread | None = None
 
     # -- taking ------------------------------------------------------------------------------
-    def take(self, entry: InputSub, limit: int) -> bool:
-        """Take up to `limit` messages of one topic; True if its queue is empty now."""
+    def take(
+        self, entry: InputSub, limit: int, until: float = math.inf, reader: bool = False
+    ) -> bool:
+        """Take up to `limit` messages of one topic, none after `until` (perf_counter), and (for
+        the reader thread) none while a tick waits; True if its queue is empty now."""
         sub, fig, use_receive_time = entry.sub, entry.figures, not self.clock.sim
+        max_bytes = self.max_bytes
         for _ in range(limit):
+            if time.perf_counter() > until or (reader and self.tick_waiting.is_set()):
+                return False
             with self.lock, sub.handle:
                 taken = sub.handle.take_message(sub.msg_type, entry.decode is not None)
                 if taken is None:
                     return True
                 msg, info = taken
                 fig.taken += 1
-                fig.sequence(info)
+                sender = fig.sender(info)
+                now = time.monotonic()
+                if sender is not None and sender.quarantined_until > now:
+                    fig.rejected["quarantined"] += 1
+                    continue
                 # On system time the DDS receive time is exact; on /clock time (simulation) a
                 # message counts as received at the newest /clock time seen.
                 received = info.get("received_timestamp", 0) if use_receive_time else 0
                 stamp_s = (received or self.clock.latest_ns()) * 1e-9
                 try:
+                    if entry.decode is not None and len(msg) > max_bytes:
+                        raise MessageRejected(
+                            "too_large", f"{len(msg)} bytes, max_input_bytes is {max_bytes}"
+                        )
                     if entry.decode is not None:
                         try:
                             msg = entry.decode(msg)
                         except Malformed as exc:
                             raise MessageRejected("malformed", str(exc)) from None
                     self.assembler.update(entry.topic, msg, stamp_s)
-                    fig.arrived(stamp_s)
+                    fig.arrived(now)
+                    fig.judged(sender, True, now)
                 except MessageRejected as exc:
                     fig.rejected[exc.reason] += 1
+                    fig.judged(sender, False, now)
                     self.rejections.append((entry.topic, exc))
                     self.last_rejection[exc.reason] = f"{entry.topic}: {exc.detail}"
         return False
@@ -228,10 +282,13 @@ class InputPath:
                     if self.gate.update(bool(taken[0].data)):
                         self.estop_changes.append(bool(taken[0].data))
 
-    def take_all(self, limit: int) -> None:
-        for entry in self.subs:
-            self.take(entry, limit)
+    def take_all(self, limit: int, budget_s: float) -> None:
+        """At a tick: the estop first, then up to `limit` messages per input topic, within
+        `budget_s` in all (what is left stays for the reader thread and the next tick)."""
         self.take_estop()
+        until = time.perf_counter() + budget_s
+        for entry in self.subs:
+            self.take(entry, limit, until)
 
     def latched_estop_publishers(self) -> int:
         sub = self.estop_subs[0]
@@ -275,10 +332,12 @@ class InputPath:
             if self._stop.is_set():
                 break
             for pointer in wait_set.get_ready_entities("subscription"):
+                while self.tick_waiting.is_set():  # a tick goes first (a Lock is not fair)
+                    time.sleep(5e-5)
                 if pointer in estop_pointers:
                     self.take_estop()
                 elif pointer in by_pointer:
-                    self.take(by_pointer[pointer], READER_BATCH)
+                    self.take(by_pointer[pointer], READER_BATCH, reader=True)
 
     # -- figures -----------------------------------------------------------------------------
     def figures(self, now_s: float, sensor_timeout_s: float) -> dict[str, Any]:
@@ -394,6 +453,7 @@ class ControlLoop:
         self._swaps = 0
         self._swapping = False
         self._reset_requested = False
+        self._slow_warned: set[str] = set()
         self._clear_run_state()
         self.inputs.start_reader()
         self._handlers = {
@@ -649,7 +709,15 @@ class ControlLoop:
     def _control_step(self, now_ns: int) -> None:
         """One tick (called with the tick lock held): inputs -> safety core -> publish."""
         inputs, now_s = self.inputs, now_ns * 1e-9
-        inputs.take_all(int(self._settings["max_messages_per_tick"]))
+        inputs.tick_waiting.set()
+        try:
+            self._take_and_decide(now_s)
+        finally:
+            inputs.tick_waiting.clear()
+
+    def _take_and_decide(self, now_s: float) -> None:
+        inputs = self.inputs
+        inputs.take_all(int(self._settings["max_messages_per_tick"]), TAKE_BUDGET * self._period_s)
         with inputs.lock:
             asm = inputs.assembler
             raw = asm.raw() if asm.ready else None
@@ -709,6 +777,20 @@ class ControlLoop:
         while self.inputs.rejections:
             topic, exc = self.inputs.rejections.popleft()
             log.warning(f"rejected a message on {topic}: {exc}", throttle_duration_sec=1.0)
+        timeout_s = self.core.config.sensor_timeout_s
+        for e in self.inputs.subs:
+            interval = e.figures.interval_s
+            slow = interval is not None and interval > timeout_s and e.figures.valid >= 3
+            if slow and e.topic not in self._slow_warned:
+                self._slow_warned.add(e.topic)
+                log.warning(
+                    f"input {e.sub.topic_name} arrives every {interval:.3f} s "
+                    f"({1 / interval:.1f} Hz), slower than sensor_timeout_s {timeout_s:g} s: the "
+                    "safe action holds between its samples; raise sensor_timeout_s or the "
+                    "sensor's rate"
+                )
+            elif not slow:
+                self._slow_warned.discard(e.topic)
 
     def _report_waiting(self) -> None:
         wait_s = float(self._settings["input_wait_timeout_s"])

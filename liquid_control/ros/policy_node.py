@@ -629,6 +629,7 @@ class PolicyNode(LifecycleNode):
             if self._stall:
                 self.get_logger().info(f"watchdog: ticking again (was: {self._stall})")
                 self._stall = ""
+                self._publish_is_safe(not beat.commanding)  # (its events were held meanwhile)
             return
         if verdict.publish_safe:
             self._publish_safe_from_node()

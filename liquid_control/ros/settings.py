@@ -216,6 +216,15 @@ SETTINGS: tuple[Setting, ...] = (
         range=(1, 10000),
     ),
     Setting(
+        "max_input_bytes",
+        65536,
+        "Largest serialized input message accepted (bytes); a bigger one is rejected "
+        "(too_large) before it is decoded, so a stream of huge messages costs the loop nothing.",
+        "loop",
+        read_only=True,
+        range=(64, 1 << 30),
+    ),
+    Setting(
         "max_swap_step_fraction",
         0.25,
         "A swap is refused if the candidate policy's measured step time (p99 of 50 steps) is "
