@@ -1,15 +1,21 @@
-# liquid_control: set up, test, benchmark and demo. Everything runs in .venv.
+# liquid_control: set up, test, benchmark and demo. Everything runs in .venv (ROS 2 Kilted wheels);
+# `make test` also runs the ROS tests in .venv-jazzy (ROS 2 Jazzy wheels, no training stack).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+VENV_JAZZY ?= .venv-jazzy
+PY_JAZZY := $(VENV_JAZZY)/bin/python
+STAMP_JAZZY := $(VENV_JAZZY)/.installed
 # torch 2.13.0 installs as a CPU build on these machines (an unpinned torch pulls a CUDA build).
 TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast bench demo train-demo lint format clean
+.PHONY: venv venv-jazzy test test-kilted test-jazzy test-fast bench demo train-demo lint format clean
 
 venv: $(STAMP)
+
+venv-jazzy: $(STAMP_JAZZY)
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +24,20 @@ $(STAMP): setup.py
 	$(PY) -m pip install --quiet -e ".[ros,sim,train,test]" "$(TORCH_PIN)"
 	touch $(STAMP)
 
-test: venv
+$(STAMP_JAZZY): setup.py
+	$(PYTHON) -m venv $(VENV_JAZZY)
+	$(PY_JAZZY) -m pip install --quiet --upgrade pip
+	$(PY_JAZZY) -m pip install --quiet -e ".[ros-jazzy,sim,test-ros]"
+	touch $(STAMP_JAZZY)
+
+# Everything on Kilted, then every ROS test (-m ros) again on Jazzy.
+test: test-kilted test-jazzy
+
+test-kilted: venv
 	$(PY) -m pytest test $(PYTEST_ARGS)
+
+test-jazzy: venv-jazzy
+	$(PY_JAZZY) -m pytest test -m ros $(PYTEST_ARGS)
 
 test-fast: venv
 	$(PY) -m pytest test -m "not slow" $(PYTEST_ARGS)
@@ -44,4 +62,4 @@ format: venv
 	$(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VENV_JAZZY) build *.egg-info .pytest_cache

@@ -1,7 +1,7 @@
 """ament_python + pip package for liquid_control.
 
 `colcon build` uses package.xml for ROS dependencies; `pip install .[ros]` pulls the ROS 2 Kilted
-wheels instead, so a ROS install never gets them from pip.
+wheels instead (`.[ros-jazzy]` the Jazzy ones), so a ROS install never gets them from pip.
 """
 
 import os
@@ -36,6 +36,18 @@ ROS_WHEELS = [
     "ros-rosidl-parser",  # type descriptions for the serialized fast path (liquid_control.ros.wire)
 ]
 
+# The same packages for ROS 2 Jazzy (the LTS most robots run), each in its own venv: `make test`
+# runs the ROS tests on both distributions.
+ROS_JAZZY_WHEELS = [
+    "ros-jazzy-rclpy[fastrtps]",
+    *(
+        w.replace("ros-", "ros-jazzy-", 1)
+        for w in ROS_WHEELS
+        if w not in ("ros-rclpy", "ros-rmw-fastrtps-cpp")
+    ),
+]
+TEST = ["pytest>=7", "pytest-timeout", "hypothesis>=6"]
+
 setup(
     name=PACKAGE,
     version="0.1.0",
@@ -53,7 +65,8 @@ setup(
     install_requires=["numpy>=1.22", "PyYAML>=5.4"],
     extras_require={
         "ros": ROS_WHEELS,
-        "sim": ["mujoco>=3.1", "gymnasium>=1.0"],
+        "ros-jazzy": ROS_JAZZY_WHEELS,
+        "sim": ["mujoco>=3.1", "gymnasium>=1.0", "matplotlib>=3.6"],  # (the demo's figure)
         "train": [
             "torch>=2.2",
             "mujoco>=3.1",
@@ -67,10 +80,9 @@ setup(
             "onnxruntime",
             "imageio",  # gymnasium's MuJoCo envs import it
         ],
+        "test-ros": TEST,  # what the ROS tests need beside the ros and sim extras
         "test": [
-            "pytest>=7",
-            "pytest-timeout",
-            "hypothesis>=6",
+            *TEST,
             "ncps==1.0.1",
             "safetensors",
             "ruff",

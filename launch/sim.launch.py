@@ -2,9 +2,14 @@
 
     ros2 launch liquid_control sim.launch.py robot:=rover policy_path:=policies/rover_ltc19.lcp
     ros2 launch liquid_control sim.launch.py robot:=cartpole policy_path:=... real_time_factor:=2.0
+    ros2 launch liquid_control sim.launch.py robot:=rover policy_path:=... namespace:=robot1
+    ros2 launch liquid_control sim.launch.py --show-args
 
-The sim node publishes /clock; the policy node runs with use_sim_time, so its control timer and
-staleness checks follow the simulation, at any real_time_factor.
+The sim node publishes /clock; the policy node runs with use_sim_time, so its loop and staleness
+checks follow the simulation, at any real_time_factor. The policy file's robot must be the
+simulated one (checked here, before anything starts). In simulation nobody stands next to the
+robot, so the policy node does not wait for an estop message (`estop_required_at_start` false,
+unless `estop_required:=true`).
 """
 
 import os
@@ -14,57 +19,111 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+ROBOTS = ("cartpole", "rover")
 
-def _config(robot: str) -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    for folder in (
-        os.path.join(here, "..", "config"),
-        os.path.join(here, "..", "share", "liquid_control", "config"),
-    ):
-        path = os.path.normpath(os.path.join(folder, f"sim_node_{robot}.yaml"))
-        if os.path.isfile(path):
-            return path
+
+def _share_file(*parts: str) -> str:
+    """A file of the installed package's share folder, else of the source tree."""
     try:
         from ament_index_python.packages import get_package_share_directory
 
-        return os.path.join(
-            get_package_share_directory("liquid_control"), "config", f"sim_node_{robot}.yaml"
-        )
-    except Exception as exc:  # noqa: BLE001
-        raise FileNotFoundError(f"config/sim_node_{robot}.yaml not found") from exc
+        path = os.path.join(get_package_share_directory("liquid_control"), *parts)
+        if os.path.isfile(path):
+            return path
+    except Exception:  # noqa: BLE001 (not installed: running from the source tree)
+        pass
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.path.normpath(os.path.join(here, "..", *parts))
+
+
+def _policy_robot(policy_path: str) -> str:
+    """The robot the policy file was made for (its interface spec's `robot`)."""
+    from liquid_control.core.policy import Policy
+    from liquid_control.core.policy_file import PolicyFileError
+
+    try:
+        return Policy.load(policy_path).spec.robot
+    except PolicyFileError as exc:
+        raise RuntimeError(f"launch argument policy_path: {exc}") from None
 
 
 def _nodes(context, *args, **kwargs):
-    robot = LaunchConfiguration("robot").perform(context)
-    if robot not in ("cartpole", "rover"):
-        raise ValueError(f"launch argument robot: expected cartpole | rover, got {robot!r}")
-    rtf = float(LaunchConfiguration("real_time_factor").perform(context))
-    policy_path = LaunchConfiguration("policy_path").perform(context)
+    value = {k: LaunchConfiguration(k).perform(context) for k in ARGUMENTS}
+    robot = value["robot"]
+    if robot not in ROBOTS:
+        raise RuntimeError(f"launch argument robot: expected one of {ROBOTS}, got {robot!r}")
+    policy_robot = _policy_robot(value["policy_path"])
+    if policy_robot != robot:
+        raise RuntimeError(
+            f"launch argument policy_path: {value['policy_path']} was made for robot "
+            f"{policy_robot!r}, but robot:={robot}; expected a policy for {robot!r}"
+        )
+    sim_params_file = value["sim_params_file"] or _share_file("config", f"sim_node_{robot}.yaml")
+    log_args = ["--ros-args", "--log-level", value["log_level"]]
     sim = Node(
         package="liquid_control",
         executable="sim_node",
         name="sim_node",
+        namespace=value["namespace"],
         output="screen",
-        parameters=[_config(robot), {"robot": robot, "real_time_factor": rtf}],
+        arguments=log_args,
+        parameters=[
+            sim_params_file,
+            {
+                "robot": robot,
+                "real_time_factor": float(value["real_time_factor"]),
+                "seed": int(value["seed"]),
+            },
+        ],
     )
     policy = Node(
         package="liquid_control",
         executable="policy_node",
         name="policy_node",
+        namespace=value["namespace"],
         output="screen",
-        parameters=[{"policy_path": policy_path, "use_sim_time": True}],
+        arguments=log_args,
+        parameters=[
+            value["params_file"],
+            {
+                "policy_path": value["policy_path"],
+                "use_sim_time": True,
+                "estop_required_at_start": value["estop_required"].lower() == "true",
+            },
+        ],
     )
     return [sim, policy]
 
 
+ARGUMENTS = {
+    "robot": ("cartpole", f"simulated robot: {' | '.join(ROBOTS)}"),
+    "policy_path": (None, "policy file (.lcp) for that robot (its spec's robot must match)"),
+    "namespace": ("", "namespace of both nodes and of the robot's topics (multi-robot)"),
+    "params_file": (
+        _share_file("config", "policy_node.yaml"),
+        "ROS parameter file of the policy node (config/policy_node.yaml: every parameter)",
+    ),
+    "sim_params_file": (
+        "",
+        "ROS parameter file of the sim node; empty = config/sim_node_<robot>.yaml",
+    ),
+    "real_time_factor": ("1.0", "sim seconds per wall second (0 = as fast as possible)"),
+    "seed": ("0", "seed of the first episode (each reset takes the next one)"),
+    "estop_required": (
+        "false",
+        "make the policy node wait for an estop message on ~/estop before commanding",
+    ),
+    "log_level": ("info", "log level of both nodes: debug, info, warn, error or fatal"),
+}
+
+
 def generate_launch_description() -> LaunchDescription:
-    return LaunchDescription(
-        [
-            DeclareLaunchArgument(
-                "robot", default_value="cartpole", description="cartpole | rover"
-            ),
-            DeclareLaunchArgument("policy_path", description="policy file (.lcp) for the robot"),
-            DeclareLaunchArgument("real_time_factor", default_value="1.0", description="sim speed"),
-            OpaqueFunction(function=_nodes),
-        ]
-    )
+    declared = []
+    for name, (default, description) in ARGUMENTS.items():
+        if default is None:
+            declared.append(DeclareLaunchArgument(name, description=description))
+        else:
+            declared.append(
+                DeclareLaunchArgument(name, default_value=default, description=description)
+            )
+    return LaunchDescription([*declared, OpaqueFunction(function=_nodes)])

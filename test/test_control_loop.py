@@ -132,3 +132,50 @@ def test_stats_written_in_shared_storage_are_read_by_a_second_view():
     assert reader.window_summary()["window_ticks"] == 1
     with pytest.raises(ValueError, match="storage"):
         LoopStats(0.001, storage=np.zeros(10))
+
+
+def test_the_protocol_refuses_unknown_operations_and_missing_fields():
+    from liquid_control.ros.protocol import (
+        Ev,
+        Op,
+        ProtocolError,
+        event_header,
+        parse_event,
+        parse_request,
+        request_header,
+    )
+
+    assert parse_request(request_header(Op.SET, values={"debug": True}), {}).op is Op.SET
+    with pytest.raises(ProtocolError, match="unknown op 'explode'"):
+        parse_request({"op": "explode"}, {})
+    with pytest.raises(ProtocolError, match="lacks \\['values'\\]"):
+        parse_request({"op": "set"}, {})
+    with pytest.raises(ProtocolError, match="needs \\['policy'\\]"):
+        request_header(Op.SWAP)
+    assert parse_event(event_header(Ev.IS_SAFE, safe=True)).fields == {"safe": True}
+    with pytest.raises(ProtocolError, match="unknown ev"):
+        parse_event({"ev": "surprise"})
+
+
+@pytest.mark.ros
+def test_a_reply_nobody_waits_for_is_reported(tmp_path):
+    """An error reply whose request timed out is passed on (the node logs it), never dropped."""
+    import threading
+
+    from liquid_control.ros.loop_process import LoopProcess
+    from liquid_control.ros.protocol import Op
+
+    orphans, done = [], threading.Event()
+
+    def orphan(text):
+        orphans.append(text)
+        done.set()
+
+    loop = LoopProcess(lambda e: None, 0.02, 2, orphan)
+    try:
+        # a control process answers a request before configure with an error; nobody waits
+        loop.send(Op.STATS, id=999)
+        assert done.wait(10.0), "no orphan reported"
+        assert "nobody waits" in orphans[0] and "configure" in orphans[0]
+    finally:
+        loop.kill()

@@ -2,13 +2,14 @@
 
 import numpy as np
 import pytest
-import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from liquid_control.core.ltc import LTCCell, init_params
-from liquid_control.core.wiring import NCP, AutoNCP, FullyConnected, Random
-from liquid_control.nn import LTC, from_ncps
+torch = pytest.importorskip("torch", reason="the training stack (the train extra) is not installed")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from liquid_control.core.ltc import LTCCell, init_params  # noqa: E402
+from liquid_control.core.wiring import NCP, AutoNCP, FullyConnected, Random  # noqa: E402
+from liquid_control.nn import LTC, from_ncps  # noqa: E402
 
 
 def direct_step(p, mask, smask, x, v, elapsed, unfolds=6, eps=1e-8):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rclpy.subscription as rclpy_subscription
 from builtin_interfaces.msg import Time
 from policy_fuzz import base_policy, write_raw
 from ros_harness import Harness, NodeProcess, diagnostic_values, save_test_policy
@@ -31,6 +32,10 @@ from liquid_control.ros.messages import LATCHED_QOS, SENSOR_QOS
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(240)]
 
 NODE = "/safety_policy"
+# rclpy from Kilted on reports each message's publisher (MessageInfo.publisher_gid)
+PUBLISHER_IDS = "publisher_gid" in getattr(
+    getattr(rclpy_subscription, "MessageInfo", None), "__annotations__", {}
+)
 BASE = {"safe_action": "spec", "sensor_timeout_s": 0.3, "debug": True}
 
 
@@ -123,13 +128,19 @@ def test_a_latched_estop_holds_from_the_first_tick_and_through_a_reconfigure(tmp
             t0 = time.monotonic()
             rig.wait(lambda: len(rig.cmd) >= 20, 30.0, "commands (the safe action)")
             assert rig.policy_commands_since(t0) == []
+            rig.wait(lambda: rig.is_safe.last is not None, 5.0, "~/is_safe")
             assert rig.is_safe.last.data is True
             for transition in ("deactivate", "cleanup", "configure", "activate"):
                 assert h.change_state(NODE, transition)
             t1 = time.monotonic()
             rig.wait(lambda: len(rig.cmd.since(t1)) >= 20, 30.0, "commands after reconfigure")
-            assert rig.policy_commands_since(t0) == [], "a policy command while estop is engaged"
-            assert "estop" in rig.diagnostics(t1)["safe_action_reasons"]
+            bad = [t for t, m in rig.cmd.timed_since(t0) if not is_safe_cmd(m.data)]
+            assert bad == [], (
+                f"policy commands while estop is engaged at {[round(t - t1, 3) for t in bad]} s "
+                f"after the reconfigure\n{rig.node.log()[-3000:]}"
+            )
+            v = rig.diagnostics(t1, lambda v: v["safe_action_active"] == "True")
+            assert "estop" in v["safe_action_reasons"], v["safe_action_reasons"]
         assert estop.running
 
 
@@ -319,7 +330,11 @@ def test_a_nan_flood_does_not_push_valid_samples_out_and_is_named(tmp_path):
             assert len(during) >= 50, f"{len(during)} commands in 2.5 s"
             assert safe <= 0.1 * len(during), f"{safe} of {len(during)} were the safe action"
             assert "/joint_states" in v["flooded_inputs"], v
-            assert int(v["rejected_non_finite"]) >= 50 and int(v["rejected_quarantined"]) > 1000
+            if PUBLISHER_IDS:  # (rclpy from Kilted on reports who sent each message)
+                assert int(v["rejected_non_finite"]) >= 50
+                assert int(v["rejected_quarantined"]) > 1000
+            else:
+                assert int(v["rejected_non_finite"]) > 1000
             print(f"flood: {rate:.0f} msg/s, {safe}/{len(during)} safe, {v['flooded_inputs']}")
 
 
@@ -522,7 +537,11 @@ def test_fade_in_blends_from_the_safe_action_after_activation(tmp_path):
     with Harness("safety_fade") as h:
         rig = Rig(tmp_path, h, {"estop_required_at_start": False, "blend_s": 1.0})
         with rig.node:
-            rig.wait(lambda: len(rig.debug) >= 60, 30.0, "60 ticks")
+            rig.wait(
+                lambda: sum(r["steps"] > 0 for r in debug_rows(rig.debug.messages)) >= 40,
+                30.0,
+                "40 policy ticks",
+            )
             rows = [r for r in debug_rows(rig.debug.messages) if r["steps"] > 0]
             # (a random policy's output is far from SAFE: the first commands sit near SAFE and
             # move away step by step)

@@ -451,3 +451,40 @@ def test_watchdog_flags_every_stall_within_its_timeout_and_repeats_the_safe_acti
                 last_safe = now
         else:
             last_safe = None
+
+
+# --------------------------------------------------------------------------------------------
+# the estop gate
+# --------------------------------------------------------------------------------------------
+@settings(max_examples=300, deadline=None)
+@given(
+    required=st.booleans(),
+    remembered=st.sampled_from([None, True, False]),
+    events=st.lists(
+        st.tuples(
+            st.floats(0.0, 0.5),  # time step
+            st.sampled_from([None, None, True, False]),  # an estop message
+            st.integers(0, 2),  # latched estop publishers known
+        ),
+        max_size=30,
+    ),
+)
+def test_estop_gate_releases_only_on_a_message_or_an_explicit_absence(required, remembered, events):
+    from liquid_control.core.safety import EstopGate
+
+    gate = EstopGate("/n/estop", required, 1.0, 0.0, remembered)
+    now, last = 0.0, remembered
+    for step, message, latched in events:
+        now += step
+        if message is not None:
+            gate.update(message)
+            last = message
+        engaged, detail = gate.state(now, latched)
+        if engaged is False:
+            # released only by a release message (or one remembered), or when estop is not
+            # required, no latched publisher is known and the discovery window has passed
+            assert last is False or (last is None and not required and latched == 0 and now >= 1.0)
+        if engaged is None:
+            assert detail and last is None
+        if last is True:
+            assert engaged is True

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 pytest.importorskip("rclpy")
+pytestmark = pytest.mark.ros
 
 from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
 

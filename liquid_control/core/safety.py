@@ -170,8 +170,10 @@ class EstopGate:
     reconfigures and control-process restarts; None: never heard). `required`: no command before
     an estop message has been heard (estop_required_at_start). Otherwise the absence of an estop
     publisher is an explicit choice, but a latched (transient-local) publisher may not be
-    discovered yet: for `discovery_s` after `started_s` the state counts as unknown, and whenever
-    a latched publisher is known, its sample is awaited.
+    discovered yet: for `discovery_s` after `started_s` (the loop moves it to when its inputs
+    first arrived) the state counts as unknown, and whenever a latched publisher is known, its
+    sample is awaited. That window is best effort (discovery has no end); a guarantee needs
+    `required`.
 
     `state(now_s, latched_publishers)` -> (engaged: True/False/None = unknown, detail)."""
 

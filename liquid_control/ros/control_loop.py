@@ -132,7 +132,9 @@ class TopicFigures:
 
     A publisher whose last `QUARANTINE_AFTER` messages were all rejected is quarantined for
     `QUARANTINE_S`: its messages are then counted but not decoded, so a flood of bad messages
-    costs the loop a take each, and cannot starve the valid publishers of the same topic."""
+    costs the loop a take each, and cannot starve the valid publishers of the same topic. Both
+    this and the drop counts need the publisher's id in the message info (rclpy from Kilted on;
+    Jazzy's reports sequence numbers without it)."""
 
     taken: int = 0
     valid: int = 0
@@ -354,7 +356,8 @@ class InputPath:
             name = e.topic.strip("/").replace("/", "_") or "root"
             rate = (f.taken - taken0) / span if span > 0 else float("nan")
             out[f"input_{name}_rate_hz"] = rate
-            out[f"input_{name}_dropped"] = f.dropped
+            # (rclpy before Kilted reports no publisher ids: no drop counts, no quarantine)
+            out[f"input_{name}_dropped"] = f.dropped if f.senders else "not reported"
             out[f"input_{name}_rejected"] = rejected
             d_drop, d_rej = f.dropped - dropped0, rejected - rejected0
             if span > 0 and (d_drop > 0 or d_rej / span > FLOOD_REJECTED_HZ):
@@ -453,6 +456,7 @@ class ControlLoop:
         self._swaps = 0
         self._swapping = False
         self._reset_requested = False
+        self._estop_released_logged = False
         self._slow_warned: set[str] = set()
         self._clear_run_state()
         self.inputs.start_reader()
@@ -461,6 +465,7 @@ class ControlLoop:
             Op.DEACTIVATE: self._on_deactivate,
             Op.SET: self._on_set,
             Op.RESET: self._on_reset,
+            Op.ESTOP: self._on_estop,
             Op.SWAPPING: self._on_swapping,
             Op.SWAP: self._queued,
             Op.STATS: self._queued,
@@ -518,6 +523,14 @@ class ControlLoop:
 
     def _on_reset(self, request: Request) -> None:
         self._reset_requested = True
+
+    def _on_estop(self, request: Request) -> None:
+        """The node's process heard an estop message (its participant may have discovered the
+        estop publisher first): it counts as if this process had taken it."""
+        engaged = bool(request.fields["engaged"])
+        with self.inputs.lock:
+            if self.inputs.gate.update(engaged):
+                self.inputs.estop_changes.append(engaged)
 
     def _on_swapping(self, request: Request) -> None:
         self._swapping = bool(request.fields["value"])
@@ -721,6 +734,11 @@ class ControlLoop:
         with inputs.lock:
             asm = inputs.assembler
             raw = asm.raw() if asm.ready else None
+            if raw is not None and self._waiting:
+                # The discovery window for a latched estop publisher runs from now too: the
+                # participants that publish the inputs have just been discovered, an estop
+                # node's may take as long.
+                inputs.gate.started_s = max(inputs.gate.started_s, time.monotonic())
             samples = inputs.samples()
             estop, detail = inputs.gate.state(time.monotonic(), self._latched_estop_publishers())
             changes = list(inputs.estop_changes)
@@ -739,6 +757,17 @@ class ControlLoop:
             )
         )
         self._reset_requested = False
+        if estop is False and not self._estop_released_logged:
+            self._estop_released_logged = True
+            g = inputs.gate
+            why = (
+                "an estop message"
+                if g.heard
+                else "the state the node heard"
+                if g.remembered is not None
+                else f"no latched estop publisher found in {g.discovery_s:g} s"
+            )
+            self.node.get_logger().info(f"estop released ({why})")
         for event in cmd.events:
             self.node.get_logger().warning(event, throttle_duration_sec=1.0)
         if cmd.action is None:  # waiting for the first sample of every input

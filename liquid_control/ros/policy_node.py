@@ -732,6 +732,7 @@ class PolicyNode(LifecycleNode):
 
     def _on_estop(self, msg: Bool) -> None:
         self._estop = bool(msg.data)
+        self._tell_loop(Op.ESTOP, engaged=self._estop)  # whichever process hears it first
 
     def _known_estop(self) -> bool | None:
         """The estop state this process knows: the last message heard; else, when estop is not

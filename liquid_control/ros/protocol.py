@@ -35,6 +35,7 @@ class Op(str, Enum):
     DEACTIVATE = "deactivate"  # stop ticking; publish the safe action once if commanding
     SET = "set"  # values: settings changed at run time
     RESET = "reset"  # reset the hidden state (and clear a latch) at the next tick
+    ESTOP = "estop"  # engaged: an estop message the node's process heard
     SWAPPING = "swapping"  # value: the node is loading a candidate (ticks count as in a swap)
     SWAP = "swap"  # policy (path, hash, spec), arrays: put in place between two ticks
     STATS = "stats"  # now_ns: the loop's state for diagnostics
@@ -60,6 +61,7 @@ REQUEST_FIELDS: dict[Op, tuple[str, ...]] = {
     Op.DEACTIVATE: (),
     Op.SET: ("values",),
     Op.RESET: (),
+    Op.ESTOP: ("engaged",),
     Op.SWAPPING: ("value",),
     Op.SWAP: ("policy",),
     Op.STATS: (),

@@ -191,9 +191,10 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "estop_discovery_s",
-        1.0,
-        "Time after the control process starts during which a latched ~/estop publisher may "
-        "still be discovered (estop_required_at_start false): no command before it has passed.",
+        2.0,
+        "Time after the inputs first arrive during which a latched ~/estop publisher may still "
+        "be discovered (estop_required_at_start false): no command before it has passed. Best "
+        "effort: discovery has no deadline; estop_required_at_start true is the guarantee.",
         "loop",
         read_only=True,
         range=(0.0, 60.0),

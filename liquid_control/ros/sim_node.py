@@ -100,8 +100,14 @@ class SimNode(Node):
         # Sensors: reliable publishers, so every subscriber QoS (sensor-data best effort included)
         # matches, and lock-step runs lose nothing.
         sensor_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        # The spec's topics in the node's namespace, as the policy node resolves them
+        # (relative_topics), so namespace:=robot1 runs a robot per namespace; /clock stays global.
+        self._relative = bool(p["relative_topics"])
         self.sensor_pubs = {
-            topic: (self.create_publisher(message_class(t), topic, sensor_qos), message_class(t))
+            topic: (
+                self.create_publisher(message_class(t), self._topic(topic), sensor_qos),
+                message_class(t),
+            )
             for topic, t in self.spec.observation_topics().items()
         }
         rates = dict(self.spec.extra.get("sensor_rates_hz", {}))
@@ -144,7 +150,10 @@ class SimNode(Node):
         )
         for topic, t in self.spec.action_topics().items():
             self.create_subscription(
-                message_class(t), topic, lambda m, tp=topic: self._on_command(tp, m), COMMAND_QOS
+                message_class(t),
+                self._topic(topic),
+                lambda m, tp=topic: self._on_command(tp, m),
+                COMMAND_QOS,
             )
         self.create_service(Trigger, "~/reset", self._on_reset)
         self.create_service(SetBool, "~/pause", self._on_pause)
@@ -245,6 +254,14 @@ class SimNode(Node):
                 ),
             ),
             "start_paused": (False, d("start paused (resume with ~/pause false)", True)),
+            "relative_topics": (
+                True,
+                d(
+                    "resolve the robot's topics in the node's namespace (a leading '/' is "
+                    "dropped), as the policy node does",
+                    True,
+                ),
+            ),
         }
         out = {}
         for name, (default, desc) in params.items():
@@ -254,6 +271,9 @@ class SimNode(Node):
                 f"parameter robot: expected one of {sorted(ROBOTS)}, got {out['robot']!r}"
             )
         return out
+
+    def _topic(self, name: str) -> str:
+        return (name.lstrip("/") or name) if self._relative else name
 
     # -- callbacks ---------------------------------------------------------------------------
     def _on_command(self, topic: str, msg: Any) -> None:
