@@ -254,6 +254,8 @@ def test_unknown_robot_is_refused_with_the_choices(tmp_path):
 
 
 def test_launch_file_starts_sim_and_policy_nodes_on_sim_time():
+    """sim.launch.py (where launch_ros is installed): both nodes, in the namespace asked for, and
+    a policy made for another robot refused before anything starts."""
     pytest.importorskip("launch_ros", reason="launch_ros is not installed in this environment")
     import importlib.util
 
@@ -264,10 +266,19 @@ def test_launch_file_starts_sim_and_policy_nodes_on_sim_time():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     description = module.generate_launch_description()
-    context = LaunchContext()
-    context.launch_configurations.update(
-        {"robot": "rover", "policy_path": "/tmp/p.lcp", "real_time_factor": "1.0"}
-    )
-    nodes = module._nodes(context)
-    assert [n.node_executable for n in nodes] == ["sim_node", "policy_node"]
+    policies = os.path.join(os.path.dirname(__file__), "..", "policies")
+
+    def nodes(**args):
+        context = LaunchContext()
+        context.launch_configurations.update(
+            {k: d for k, (d, _) in module.ARGUMENTS.items() if d is not None}
+        )
+        context.launch_configurations.update(args)
+        return module._nodes(context)
+
+    rover = os.path.join(policies, "rover_ltc19.lcp")
+    sim, policy = nodes(robot="rover", policy_path=rover, namespace="robot1")
+    assert [sim.node_executable, policy.node_executable] == ["sim_node", "policy_node"]
     assert description is not None
+    with pytest.raises(RuntimeError, match="made for robot 'rover', but robot:=cartpole"):
+        nodes(robot="cartpole", policy_path=rover)

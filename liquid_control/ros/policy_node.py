@@ -401,8 +401,8 @@ class PolicyNode(LifecycleNode):
             self._last_error = ""
             self.get_logger().info(
                 f"configured: {policy.path} ({policy.content_hash}), {policy.spec.obs_dim} inputs "
-                f"from {[t for t, _, _ in self._loop_config['inputs']]}, {policy.spec.action_dim} "
-                f"actions to {[t for t, _, _ in self._loop_config['outputs']]} at "
+                f"from {[n for _, n, _ in self._loop_config['inputs']]}, {policy.spec.action_dim} "
+                f"actions to {[n for _, n, _ in self._loop_config['outputs']]} at "
                 f"{1.0 / self._period_s:g} Hz; control process {self._loop.pid}"
             )
             return super().on_configure(state)
