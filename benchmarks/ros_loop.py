@@ -18,7 +18,10 @@ a `policy_path` swap every `--swap-period` seconds (alternating two valid files)
   a joint position, so the observation carries it;
 - swaps: accepted/requested and the mean duration of the parameter call (load + checks);
 - node_cpu / loop_cpu: CPU time used per second of the run, in % of one core, by the node's
-  process (parameters, swaps, diagnostics) and by its control process (the loop).
+  process (parameters, swaps, diagnostics) and by its control process (the loop);
+- then, per rate and priority, `--stalls` stalls of the control process (SIGSTOP and SIGKILL in
+  turn): the time from the signal to the first safe command a subscriber receives (published by
+  the node's watchdog, which then replaces the process), median and worst.
 
 The node runs with `debug: true` (for the latency), which adds one publish per tick that is not
 counted in its compute time. All three processes share the machine's cores.
@@ -140,6 +143,7 @@ def run_case(
         "sensor_timeout_s": 0.5,
         "control_rate_hz": rate,
         "realtime_priority": priority,
+        "estop_required_at_start": False,  # (no estop in the benchmark)
     }
     sensors = NodeProcess(
         argv=[sys.executable, __file__, "--sensors", str(rate), "--t-base", repr(t_base)],
@@ -222,6 +226,82 @@ def run_case(
         sensors.stop()
 
 
+def run_stalls(
+    rate: float,
+    policy: Path,
+    stalls: int,
+    log_dir: Path,
+    priority: int,
+    watchdog_timeout_s: float,
+) -> dict:
+    """Stall the control process `stalls` times (SIGSTOP and SIGKILL in turn) while it commands;
+    the time from the signal to the first safe command (all zeros) that reaches a subscriber,
+    published by the node's watchdog. Each time the watchdog replaces the process and the policy
+    commands again before the next stall."""
+    import signal
+
+    from ros_harness import Harness, NodeProcess
+
+    from liquid_control.ros.messages import SENSOR_QOS  # noqa: F401 (rclpy loaded for the harness)
+
+    t_base = time.monotonic()
+    params = {
+        "policy_path": str(policy),
+        "control_rate_hz": rate,
+        "realtime_priority": priority,
+        "estop_required_at_start": False,
+        "watchdog_timeout_s": watchdog_timeout_s,
+        "max_control_restarts": stalls + 1,
+    }
+    sensors = NodeProcess(
+        argv=[sys.executable, __file__, "--sensors", str(rate), "--t-base", repr(t_base)],
+        log_dir=log_dir,
+    )
+    node = NodeProcess(
+        "liquid_control.ros.policy_node", params=params, name=NODE[1:], log_dir=log_dir
+    )
+    h = Harness("bench_stall_harness")
+    topic = "/forward_controller/commands"
+    try:
+        cmd = h.subscribe(topic, "std_msgs/Float64MultiArray", 1000)
+
+        def policy_commanding() -> bool:
+            return cmd.last is not None and any(cmd.last.data)
+
+        delays, causes = [], []
+        for k in range(stalls):
+            h.wait_for(policy_commanding, 60.0, "policy commands", node)
+            time.sleep(0.5)
+            (pid,) = child_pids(node.proc.pid)
+            sig = signal.SIGSTOP if k % 2 == 0 else signal.SIGKILL
+            t_cause = time.monotonic()
+            os.kill(pid, sig)
+
+            def first_safe(t0: float = t_cause) -> float | None:
+                return next((t for t, m in cmd.timed_since(t0) if not any(m.data)), None)
+
+            t_safe = h.wait_for(first_safe, 10.0, "the safe action", node)
+            delays.append(t_safe - t_cause)
+            causes.append(sig.name)
+            if sig == signal.SIGSTOP:  # the watchdog kills it; make sure in any case
+                h.wait_for(lambda p=pid: not Path(f"/proc/{p}").exists(), 10.0, "kill", node)
+        d = np.array(delays) * 1e3
+        return {
+            "rate": rate,
+            "stalls": stalls,
+            "median_ms": float(np.median(d)),
+            "worst_ms": float(d.max()),
+            "by_cause": {
+                c: float(max(x for x, cc in zip(d, causes, strict=True) if cc == c))
+                for c in set(causes)
+            },
+        }
+    finally:
+        h.close()
+        node.stop()
+        sensors.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rates", type=float, nargs="+", default=[100.0, 500.0, 1000.0])
@@ -233,6 +313,19 @@ def main() -> None:
         nargs="+",
         default=[0, 80],
         help="the node's realtime_priority values to run (0 = normal scheduling)",
+    )
+    ap.add_argument(
+        "--stalls",
+        type=int,
+        default=10,
+        help="control-process stalls (SIGSTOP / SIGKILL in turn) per rate and priority, timed "
+        "from the signal to the first safe command (0 = none)",
+    )
+    ap.add_argument(
+        "--watchdog-timeout",
+        type=float,
+        default=0.0,
+        help="the node's watchdog_timeout_s during the stall runs (0 = its default)",
     )
     ap.add_argument("--sensors", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--t-base", type=float, help=argparse.SUPPRESS)
@@ -282,6 +375,27 @@ def main() -> None:
                 )
     for priority, thread in threads.items():
         print(f"# prio {priority}: control thread {thread}")
+    if args.stalls:
+        print(
+            "# stall -> first safe command (the node's watchdog; watchdog_timeout_s "
+            f"{args.watchdog_timeout or 'default: max(0.5 s, 5 periods)'}):"
+        )
+        print(
+            f"{'rate_hz':>7} {'prio':>4} {'stalls':>6} {'median':>8} {'worst':>8}  by cause (worst)"
+        )
+        print(f"{'':>7} {'':>4} {'':>6} {'ms':>8} {'ms':>8}")
+        for rate in args.rates:
+            policy = tmp / f"policy_{int(rate)}_0.lcp"
+            for priority in args.realtime_priority:
+                s = run_stalls(
+                    rate, policy, args.stalls, tmp / "logs", priority, args.watchdog_timeout
+                )
+                causes = ", ".join(f"{c} {v:.0f} ms" for c, v in sorted(s["by_cause"].items()))
+                print(
+                    f"{s['rate']:7.0f} {priority:4d} {s['stalls']:6d} {s['median_ms']:8.1f} "
+                    f"{s['worst_ms']:8.1f}  {causes}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":
