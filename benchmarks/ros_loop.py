@@ -327,6 +327,9 @@ def main() -> None:
         default=0.0,
         help="the node's watchdog_timeout_s during the stall runs (0 = its default)",
     )
+    ap.add_argument(
+        "--only-stalls", action="store_true", help="skip the timing runs, time the stalls only"
+    )
     ap.add_argument("--sensors", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--t-base", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -361,7 +364,7 @@ def main() -> None:
             path = tmp / f"policy_{int(rate)}_{seed}.lcp"
             Policy(wiring, init_params(wiring, seed=seed), spec).save(path)
             files.append(path)
-        for priority in args.realtime_priority:
+        for priority in [] if args.only_stalls else args.realtime_priority:
             for swap in (None, args.swap_period):
                 r = run_case(rate, files, args.duration, swap, tmp / "logs", priority)
                 threads[priority] = r["thread"]

@@ -226,7 +226,9 @@ def run_demo(
                 "policy_path": str(policy_path.resolve()),
                 "use_sim_time": True,
                 "debug": True,
-                "estop_required_at_start": False,  # a simulation: nobody at risk
+                # a simulation with no estop node: nobody at risk, nothing to discover
+                "estop_required_at_start": False,
+                "estop_discovery_s": 0.0,
             },
             out / "policy_node.log",
         ),

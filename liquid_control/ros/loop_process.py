@@ -178,14 +178,18 @@ class LoopProcess:
                 self._on_orphan(f"control process event {event.ev.value!r}: {exc!r}")
 
     # -- ending ------------------------------------------------------------------------------
-    def kill(self) -> None:
-        """End the process at once (SIGKILL works on a stopped process too): it can never
-        command again. The reader thread reports nothing for it (`close` follows)."""
+    def signal_kill(self) -> None:
+        """SIGKILL now, without waiting (works on a stopped process too): from here on the
+        process can never command again. Its exit is not reported as an event."""
         self._closing = True
         try:
             self._proc.send_signal(signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+    def kill(self) -> None:
+        """`signal_kill`, then wait for the process and release the pipes."""
+        self.signal_kill()
         self.close(timeout_s=2.0)
 
     def close(self, timeout_s: float = 5.0) -> None:

@@ -382,6 +382,8 @@ class PolicyNode(LifecycleNode):
         self._watchdog_stop = threading.Event()
         self._stall = ""  # the watchdog's current cause ('' = ticking)
         self._last_stall = ""
+        self._replacement: threading.Thread | None = None  # a control process being replaced
+        self._last_safe_s = 0.0
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         with self._transition_lock:
@@ -479,6 +481,10 @@ class PolicyNode(LifecycleNode):
         self._publish_is_safe(True)
 
     def _start_loop(self, policy: Policy) -> None:
+        """A new control process for `policy`, in place (`self._loop`)."""
+        self._loop = self._new_loop(policy)
+
+    def _new_loop(self, policy: Policy) -> LoopProcess:
         """A new control process, configured with `policy` and the current settings."""
         config = {
             **self._loop_config,
@@ -490,13 +496,12 @@ class PolicyNode(LifecycleNode):
         loop = LoopProcess(
             self._on_loop_event, self._period_s, policy.spec.action_dim, self._log_orphan
         )
-        self._loop = loop
         try:
             loop.request(Op.CONFIGURE, timeout_s=60.0, arrays=policy.runtime(), config=config)
         except LoopProcessError:
             loop.kill()
-            self._loop = None
             raise
+        return loop
 
     def _keep(self, kind: str, entity: Any) -> Any:
         self._ros_entities.append((kind, entity))
@@ -612,10 +617,15 @@ class PolicyNode(LifecycleNode):
         loop, dog = self._loop, self._watchdog
         if loop is None or dog is None:
             return
+        now = time.monotonic()
+        if self._replacement is not None:  # a new control process is starting: nothing commands
+            if now - self._last_safe_s >= dog.repeat_s:  # meanwhile; keep the safe action fresh
+                self._publish_safe_from_node()
+            return
         beat = loop.heartbeat
         verdict = dog.check(
             LoopHealth(
-                now_s=time.monotonic(),
+                now_s=now,
                 since_s=self._watchdog_since,
                 last_tick_s=beat.tick_s,
                 alive_s=beat.alive_s,
@@ -631,6 +641,8 @@ class PolicyNode(LifecycleNode):
                 self._stall = ""
                 self._publish_is_safe(not beat.commanding)  # (its events were held meanwhile)
             return
+        if verdict.replace_process:
+            loop.signal_kill()  # first: a hung process must not publish after the safe action
         if verdict.publish_safe:
             self._publish_safe_from_node()
         if not self._stall:
@@ -645,6 +657,7 @@ class PolicyNode(LifecycleNode):
         """The safe action from this process (the control process cannot be trusted to)."""
         if self._writer is None or self._space is None or not self._safe_outputs:
             return
+        self._last_safe_s = time.monotonic()
         last = None
         if self._loop is not None:
             last = np.array(self._loop.last_command)
@@ -655,14 +668,11 @@ class PolicyNode(LifecycleNode):
             pub.publish(msg)
 
     def _replace_loop(self, cause: str) -> None:
-        """Kill the control process and start a new one (or deactivate: too many restarts)."""
+        """Start a new control process in a thread of its own (the watchdog goes on publishing
+        the safe action meanwhile), or deactivate after too many restarts."""
         now = time.monotonic()
         while self._restarts and now - self._restarts[0] > RESTART_WINDOW_S:
             self._restarts.popleft()
-        old, policy = self._loop, self._policy
-        if old is not None:
-            old.kill()
-        self._loop = None
         if len(self._restarts) >= int(self._values["max_control_restarts"]):
             self._last_error = (
                 f"watchdog: {cause}; {len(self._restarts)} control-process restarts in the last "
@@ -673,21 +683,43 @@ class PolicyNode(LifecycleNode):
             threading.Thread(target=self._deactivate_after_failures, daemon=True).start()
             return
         self._restarts.append(now)
-        try:
-            self._start_loop(policy)
-            self._loop.request(Op.ACTIVATE, estop=self._known_estop())
-        except LoopProcessError as exc:
-            self._last_error = f"watchdog: could not restart the control process: {exc}"
-            self.get_logger().error(self._last_error)
-            return
-        self._watchdog.reset()
-        self._watchdog_since = time.monotonic()
-        self._waiting = True
-        self.get_logger().warning(
-            f"watchdog: {cause}: control process replaced (pid {self._loop.pid}, restart "
-            f"{len(self._restarts)} of at most {self._values['max_control_restarts']} per "
-            f"{RESTART_WINDOW_S:g} s)"
+        self._replacement = threading.Thread(
+            target=self._replace, args=(cause, self._loop, self._policy), daemon=True
         )
+        self._replacement.start()
+
+    def _replace(self, cause: str, old: LoopProcess, policy: Policy) -> None:
+        try:
+            old.kill()
+            try:
+                new = self._new_loop(policy)
+            except LoopProcessError as exc:
+                self._last_error = f"watchdog: could not restart the control process: {exc}"
+                self.get_logger().error(self._last_error)
+                return
+            with self._transition_lock:
+                if not self._active or self._watchdog_stop.is_set() or self._loop is not old:
+                    new.close()  # the node was deactivated meanwhile: nothing to resume
+                    return
+                self._loop = new
+                try:
+                    new.request(Op.ACTIVATE, estop=self._known_estop())
+                except LoopProcessError as exc:
+                    self._last_error = (
+                        f"watchdog: could not activate the new control process: {exc}"
+                    )
+                    self.get_logger().error(self._last_error)
+                    return
+                self._watchdog.reset()
+                self._watchdog_since = time.monotonic()
+                self._waiting = True
+            self.get_logger().warning(
+                f"watchdog: {cause}: control process replaced (pid {new.pid}, restart "
+                f"{len(self._restarts)} of at most {self._values['max_control_restarts']} per "
+                f"{RESTART_WINDOW_S:g} s)"
+            )
+        finally:
+            self._replacement = None
 
     def _deactivate_after_failures(self) -> None:
         with self._transition_lock:
