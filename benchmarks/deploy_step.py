@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _timing import compare, table  # noqa: E402
+from _timing import compare, table
 
 
 def main() -> None:

@@ -64,7 +64,7 @@ class NodeProcess:
             value = ("true" if v else "false") if isinstance(v, bool) else str(v)
             argv += ["-p", f"{k}:={value}"]
         self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop)
+        self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(
             argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
         )

@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from policy_factory import joint_spec, make_policy  # noqa: E402
-from policy_fuzz import base_policy, mutated_file, outcome  # noqa: E402
+from policy_factory import joint_spec, make_policy
+from policy_fuzz import base_policy, mutated_file, outcome
 
 
 def main() -> int:

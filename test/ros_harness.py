@@ -114,7 +114,7 @@ class NodeProcess:
             for a, b in (remap or {}).items():
                 argv += ["-r", f"{a}:={b}"]
         self.argv = argv
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             argv,
             stdout=self._log,

@@ -19,10 +19,10 @@ import yaml
 
 pytest.importorskip("torch", reason="the training stack (the train extra) is not installed")
 
-from liquid_control.core.ltc import init_params  # noqa: E402
-from liquid_control.core.policy import Policy  # noqa: E402
-from liquid_control.core.wiring import AutoNCP  # noqa: E402
-from liquid_control.train.config import ConfigError, config_from_dict, load_config  # noqa: E402
+from liquid_control.core.ltc import init_params
+from liquid_control.core.policy import Policy
+from liquid_control.core.wiring import AutoNCP
+from liquid_control.train.config import ConfigError, config_from_dict, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

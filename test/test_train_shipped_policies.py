@@ -11,10 +11,10 @@ import pytest
 
 pytest.importorskip("torch", reason="the training stack (the train extra) is not installed")
 
-from liquid_control.core.policy import Policy  # noqa: E402
-from liquid_control.train.config import EnvConfig  # noqa: E402
-from liquid_control.train.evaluate import run_episodes  # noqa: E402
-from liquid_control.train.rollout import PolicyAgent  # noqa: E402
+from liquid_control.core.policy import Policy
+from liquid_control.train.config import EnvConfig
+from liquid_control.train.evaluate import run_episodes
+from liquid_control.train.rollout import PolicyAgent
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = json.loads((ROOT / "policies" / "manifest.json").read_text())

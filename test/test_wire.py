@@ -20,7 +20,7 @@ from liquid_control.core.spec import (  # noqa: E402
     ActionElement,
     InterfaceSpec,
     ObservationElement,
-)  # noqa: E402
+)
 from liquid_control.ros.messages import message_class  # noqa: E402
 from liquid_control.ros.wire import (  # noqa: E402
     Malformed,

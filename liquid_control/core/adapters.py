@@ -44,6 +44,7 @@ class TopicReader:
     transforms: list[tuple[np.ndarray, Callable]]
 
     def read(self, msg: Any) -> np.ndarray:
+        """The raw values of this topic's elements in `msg` (MessageRejected if it fails a check)."""
         try:
             values = self.read_raw(msg)
         except MessageRejected:
@@ -87,9 +88,11 @@ class ObservationAssembler:
 
     @property
     def topics(self) -> dict[str, str]:
+        """Input topic -> message type."""
         return {t: r.msg_type for t, r in self.readers.items()}
 
     def update(self, topic: str, msg: Any, stamp_s: float = 0.0) -> None:
+        """Validate `msg` of `topic` and store its values, received at `stamp_s` (MessageRejected)."""
         reader = self.readers.get(topic)
         if reader is None:
             raise MessageRejected("unknown_topic", f"{topic!r} is not an input of this spec")
@@ -98,9 +101,11 @@ class ObservationAssembler:
 
     @property
     def ready(self) -> bool:
+        """Whether every input topic has arrived at least once."""
         return all(t is not None for t in self.last_update_s.values())
 
     def missing(self) -> list[str]:
+        """Input topics never received."""
         return [t for t, s in self.last_update_s.items() if s is None]
 
     def stale(self, now_s: float, timeout_s: float) -> list[str]:
@@ -108,9 +113,11 @@ class ObservationAssembler:
         return [t for t, s in self.last_update_s.items() if s is None or now_s - s > timeout_s]
 
     def raw(self) -> np.ndarray:
+        """A copy of the raw observation vector (robot units, the spec's order)."""
         return self._raw.copy()
 
     def reset(self) -> None:
+        """Forget every value and receive time (as if nothing had arrived)."""
         self._raw[:] = 0.0
         for t in self.last_update_s:
             self.last_update_s[t] = None

@@ -211,14 +211,17 @@ class LTCCell:
 
     @property
     def units(self) -> int:
+        """Number of neurons."""
         return self._n
 
     def zero_state(self) -> np.ndarray:
+        """The resting hidden state, (units,) zeros."""
         return np.zeros(self.units)
 
     def step(
         self, x: np.ndarray, v: np.ndarray, elapsed: float = 1.0
     ) -> tuple[np.ndarray, np.ndarray]:
+        """Advance `v` by `elapsed` time units with input `x`; returns (motor outputs, new state)."""
         self._x[:] = x
         sensory = np.dot(np.tanh(np.dot(self._xs, self._Gs)), self._Ms)  # once per step
         cm_t = self._cm_unfolds / elapsed  # cm / h with h = elapsed / ode_unfolds

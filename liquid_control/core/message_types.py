@@ -85,14 +85,17 @@ class MessageType:
 
     @property
     def is_observation(self) -> bool:
+        """Whether the type can be an observation input."""
         return self.reader is not None
 
     @property
     def is_action(self) -> bool:
+        """Whether the type can be an action output."""
         return self.writer is not None
 
 
 def get_path(msg: Any, path: str) -> Any:
+    """The value at a dotted attribute path of a message."""
     for part in path.split("."):
         msg = getattr(msg, part)
     return msg

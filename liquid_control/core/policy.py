@@ -175,6 +175,7 @@ class Policy:
 
     # -- files -----------------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
+        """The JSON metadata the policy file stores (model, wiring, spec, provenance)."""
         return {
             "model": {
                 "type": "LTC",
@@ -289,6 +290,7 @@ class Policy:
 
     # -- description -----------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
+        """Sizes, rates, robot, hash and provenance, for `inspect` and reports."""
         return {
             "wiring": self.wiring.summary(),
             "ode_unfolds": self.ode_unfolds,

@@ -49,10 +49,12 @@ class PolicyFileError(ValueError):
 
 
 def canonical_json(data: Any) -> str:
+    """JSON with sorted keys and no spaces (what the content hash is computed over)."""
     return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 def content_hash(metadata: dict[str, Any], tensors: dict[str, np.ndarray]) -> str:
+    """sha256 of the canonical metadata (without its hash) and every tensor's name, dtype, shape and bytes."""
     h = hashlib.sha256()
     h.update(canonical_json({k: v for k, v in metadata.items() if k != "content_hash"}).encode())
     for name in sorted(tensors):

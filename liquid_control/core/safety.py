@@ -104,6 +104,7 @@ class ActionSpace:
 
     @classmethod
     def from_spec(cls, spec: InterfaceSpec) -> ActionSpace:
+        """The safety data of a policy's interface spec."""
         low, high = spec.action_low, spec.action_high
         obs_index = {e.name: i for i, e in enumerate(spec.observations)}
 
@@ -191,6 +192,7 @@ class EstopGate:
         return changed
 
     def state(self, now_s: float, latched_publishers: int) -> tuple[bool | None, str]:
+        """(engaged: True / False / None = not known yet, why not known) at `now_s`."""
         if self.heard or self.remembered is not None:
             return bool(self.remembered), ""
         if self.required:
@@ -209,11 +211,14 @@ class SteppablePolicy(Protocol):
 
     def step(
         self, observation: np.ndarray, dt: float | None = None, clip: bool = True
-    ) -> np.ndarray: ...
+    ) -> np.ndarray:
+        """One control step (see `Policy.step`)."""
 
-    def reset(self) -> None: ...
+    def reset(self) -> None:
+        """Zero the hidden state."""
 
-    def state_ok(self, state: np.ndarray | None = None) -> bool: ...
+    def state_ok(self, state: np.ndarray | None = None) -> bool:
+        """Whether a hidden state lies inside its bounds."""
 
 
 @dataclass(frozen=True)
@@ -309,6 +314,7 @@ class SafetyCore:
             self._prev = np.clip(self._prev, space.low, space.high)
 
     def set_config(self, config: SafetyConfig) -> None:
+        """New settings from the next tick on."""
         self.config = config
 
     def restart(self) -> None:
@@ -329,6 +335,7 @@ class SafetyCore:
 
     @property
     def last_command(self) -> np.ndarray | None:
+        """The last published command (None before the first)."""
         return self._prev
 
     # -- the safe action ---------------------------------------------------------------------

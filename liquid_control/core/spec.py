@@ -143,6 +143,7 @@ class ObservationElement:
     domain_high: float | None = None
 
     def validate(self, where: str) -> None:
+        """Check every field (SpecError naming `where` and the field)."""
         entry = _common(self, where, OBSERVATION_TYPES)
         _count(f"{where}.sectors", self.sectors, 1, MAX_INDEX)
         _text(f"{where}.transform", self.transform)
@@ -189,6 +190,7 @@ class ActionElement:
     domain_high: float | None = None
 
     def validate(self, where: str) -> None:
+        """Check every field (SpecError naming `where` and the field)."""
         entry = _common(self, where, ACTION_TYPES)
         _text(f"{where}.interface", self.interface, optional=True)
         _text(f"{where}.feedback", self.feedback, optional=True)
@@ -228,36 +230,40 @@ class InterfaceSpec:
 
     # -- validation ------------------------------------------------------------------------
     def validate(self) -> None:
+        """Check the whole spec (SpecError naming the field)."""
         _text("spec.robot", self.robot)
         if not isinstance(self.description, str):
             raise SpecError(f"spec.description: expected a string, got {self.description!r}")
         if not isinstance(self.extra, dict):
             raise SpecError(f"spec.extra: expected a mapping, got {self.extra!r}")
-        for group, elements in (("observations", self.observations), ("actions", self.actions)):
-            if len(elements) > MAX_ELEMENTS:
-                raise SpecError(
-                    f"spec.{group}: expected at most {MAX_ELEMENTS} elements, got {len(elements)}"
-                )
-            kind = ObservationElement if group == "observations" else ActionElement
-            for i, e in enumerate(elements):
-                if not isinstance(e, kind):
-                    raise SpecError(f"spec.{group}[{i}]: expected a {kind.__name__}, got {e!r}")
-        if not self.observations:
-            raise SpecError("spec.observations: at least one element is needed")
-        if not self.actions:
-            raise SpecError("spec.actions: at least one element is needed")
         rate = _finite("spec.control_rate_hz", self.control_rate_hz)
         if not 0 < rate <= MAX_RATE_HZ:
             raise SpecError(
                 f"spec.control_rate_hz: expected > 0 and <= {MAX_RATE_HZ:g}, got {rate}"
             )
-        for group, elements in (("observations", self.observations), ("actions", self.actions)):
-            names = [e.name for e in elements]
-            dup = sorted({n for n in names if names.count(n) > 1})
-            if dup:
-                raise SpecError(f"spec.{group}: duplicate names {dup}")
-            for i, e in enumerate(elements):
-                e.validate(f"spec.{group}[{i}] ({e.name})")
+        self._validate_group("observations", self.observations, ObservationElement)
+        self._validate_group("actions", self.actions, ActionElement)
+        self._validate_topics()
+
+    @staticmethod
+    def _validate_group(group: str, elements: tuple, kind: type) -> None:
+        if not elements:
+            raise SpecError(f"spec.{group}: at least one element is needed")
+        if len(elements) > MAX_ELEMENTS:
+            raise SpecError(
+                f"spec.{group}: expected at most {MAX_ELEMENTS} elements, got {len(elements)}"
+            )
+        for i, e in enumerate(elements):
+            if not isinstance(e, kind):
+                raise SpecError(f"spec.{group}[{i}]: expected a {kind.__name__}, got {e!r}")
+        names = [e.name for e in elements]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise SpecError(f"spec.{group}: duplicate names {dup}")
+        for i, e in enumerate(elements):
+            e.validate(f"spec.{group}[{i}] ({e.name})")
+
+    def _validate_topics(self) -> None:
         types: dict[str, str] = {}
         for e in (*self.observations, *self.actions):
             if types.setdefault(e.topic, e.msg_type) != e.msg_type:
@@ -278,14 +284,17 @@ class InterfaceSpec:
     # -- sizes and topics ------------------------------------------------------------------
     @property
     def obs_dim(self) -> int:
+        """Length of the observation vector."""
         return len(self.observations)
 
     @property
     def action_dim(self) -> int:
+        """Length of the action vector."""
         return len(self.actions)
 
     @property
     def control_period_s(self) -> float:
+        """Nominal control period in seconds."""
         return 1.0 / float(self.control_rate_hz)
 
     def observation_topics(self) -> dict[str, str]:
@@ -299,30 +308,37 @@ class InterfaceSpec:
     # -- vectors ---------------------------------------------------------------------------
     @property
     def obs_mean(self) -> np.ndarray:
+        """Normaliser means, (obs_dim,)."""
         return np.array([e.mean for e in self.observations], np.float64)
 
     @property
     def obs_std(self) -> np.ndarray:
+        """Normaliser standard deviations, (obs_dim,)."""
         return np.array([e.std for e in self.observations], np.float64)
 
     @property
     def obs_noise_std(self) -> np.ndarray:
+        """The robot's sensor noise levels, (obs_dim,)."""
         return np.array([e.noise_std for e in self.observations], np.float64)
 
     @property
     def action_scale(self) -> np.ndarray:
+        """Network output -> action scale, (action_dim,)."""
         return np.array([e.scale for e in self.actions], np.float64)
 
     @property
     def action_offset(self) -> np.ndarray:
+        """Network output -> action offset, (action_dim,)."""
         return np.array([e.offset for e in self.actions], np.float64)
 
     @property
     def action_low(self) -> np.ndarray:
+        """Lower action limits, (action_dim,)."""
         return np.array([e.low for e in self.actions], np.float64)
 
     @property
     def action_high(self) -> np.ndarray:
+        """Upper action limits, (action_dim,)."""
         return np.array([e.high for e in self.actions], np.float64)
 
     def normalize(self, raw: np.ndarray) -> np.ndarray:
@@ -391,6 +407,7 @@ class InterfaceSpec:
 
     # -- serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict; `from_dict(spec.to_dict()) == spec`."""
         return {
             "robot": self.robot,
             "description": self.description,
@@ -402,6 +419,7 @@ class InterfaceSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InterfaceSpec:
+        """The spec of a dict (as stored in a policy file), every field checked (SpecError)."""
         if not isinstance(data, dict):
             raise SpecError(f"spec: expected a mapping, got {type(data).__name__}")
         for key in ("robot", "observations", "actions", "control_rate_hz"):

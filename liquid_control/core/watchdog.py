@@ -44,6 +44,8 @@ class LoopHealth:
 
 @dataclass(frozen=True)
 class Verdict:
+    """What the watchdog decided at one check."""
+
     stalled: bool
     cause: str = ""
     publish_safe: bool = False  # publish the safe action now
@@ -53,6 +55,8 @@ class Verdict:
 
 @dataclass
 class Watchdog:
+    """Stall detection over `LoopHealth` samples (see the module docstring)."""
+
     timeout_s: float
     repeat_s: float = 0.1
     _stalled_since: float | None = None
@@ -64,9 +68,11 @@ class Watchdog:
 
     @property
     def stalled(self) -> bool:
+        """Whether the last check found a stall."""
         return self._stalled_since is not None
 
     def check(self, h: LoopHealth) -> Verdict:
+        """The verdict for the loop's health now."""
         cause, replace = self._cause(h)
         if not cause:
             self._stalled_since = self._last_safe_s = None

@@ -82,10 +82,12 @@ class Wiring:
     # -- shape -----------------------------------------------------------------------------
     @property
     def units(self) -> int:
+        """Number of neurons."""
         return int(self.adjacency.shape[0])
 
     @property
     def input_dim(self) -> int:
+        """Number of sensory inputs."""
         return int(self.sensory_adjacency.shape[0])
 
     @property
@@ -99,15 +101,18 @@ class Wiring:
         return np.abs(self.sensory_adjacency).astype(np.float64)
 
     def neurons_of(self, layer: str) -> list[int]:
+        """Indices of the neurons of one layer (motor, command, inter)."""
         return [i for i, name in enumerate(self.layers) if name == layer]
 
     # -- counts ----------------------------------------------------------------------------
     @property
     def synapse_count(self) -> int:
+        """Number of recurrent synapses."""
         return int(np.count_nonzero(self.adjacency))
 
     @property
     def sensory_synapse_count(self) -> int:
+        """Number of sensory synapses."""
         return int(np.count_nonzero(self.sensory_adjacency))
 
     def parameter_count(self, input_mapping: str = "affine", output_mapping: str = "affine") -> int:
@@ -232,6 +237,7 @@ class FullyConnected:
     self_connections: bool = True
 
     def build(self, input_dim: int) -> Wiring:
+        """Draw the wiring for `input_dim` sensory inputs."""
         units = _check_positive_int("units", self.units)
         input_dim = _check_positive_int("input_dim", input_dim)
         out = (
@@ -262,6 +268,7 @@ class Random:
     seed: int = 1111
 
     def build(self, input_dim: int) -> Wiring:
+        """Draw the wiring for `input_dim` sensory inputs."""
         units = _check_positive_int("units", self.units)
         input_dim = _check_positive_int("input_dim", input_dim)
         out = (
@@ -332,6 +339,7 @@ class NCP:
                 )
 
     def build(self, input_dim: int) -> Wiring:
+        """Draw the wiring for `input_dim` sensory inputs."""
         self._validate(input_dim)
         n_motor, n_cmd, n_inter = self.motor_neurons, self.command_neurons, self.inter_neurons
         units = n_motor + n_cmd + n_inter
@@ -387,6 +395,7 @@ class AutoNCP:
     seed: int = 22222
 
     def to_ncp(self) -> NCP:
+        """The NCP recipe with the layer sizes and fan-outs this AutoNCP chooses."""
         _check_positive_int("units", self.units)
         _check_positive_int("output_size", self.output_size)
         if self.output_size >= self.units - 2:
@@ -413,6 +422,7 @@ class AutoNCP:
         )
 
     def build(self, input_dim: int) -> Wiring:
+        """Draw the wiring for `input_dim` sensory inputs."""
         built = self.to_ncp().build(input_dim)
         return Wiring(
             built.adjacency,

@@ -18,9 +18,9 @@ import os
 # Offscreen rendering on headless machines: EGL unless the user chose (mujoco reads it at import).
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import gymnasium as gym  # noqa: E402
+import gymnasium as gym
 
-from liquid_control.core.spec import InterfaceSpec  # noqa: E402
+from liquid_control.core.spec import InterfaceSpec
 
 ENV_IDS = {
     "cartpole": "LiquidControl/CartPoleSwingUp-v0",

@@ -45,7 +45,7 @@ def sim_dir() -> str:
         from ament_index_python.packages import get_package_share_directory
 
         return os.path.join(get_package_share_directory("liquid_control"), "sim")
-    except Exception as exc:  # noqa: BLE001 - any failure means: not found
+    except Exception as exc:
         raise FileNotFoundError(
             f"MJCF folder not found: set {SIM_DIR_ENV}, or run from the source tree ({src})"
         ) from exc

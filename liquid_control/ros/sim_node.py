@@ -425,7 +425,7 @@ class SimNode(Node):
     def _run(self) -> None:
         try:
             self._loop()
-        except Exception as exc:  # noqa: BLE001 - report and stop: the node is useless without its loop
+        except Exception as exc:
             if self._stop or not rclpy.ok():
                 return  # shutting down: publishers may already be gone
             self.get_logger().error(f"simulation loop stopped: {exc!r}")

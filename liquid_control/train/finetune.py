@@ -34,7 +34,7 @@ from .io import (
 )
 
 
-def finetune(cfg: TrainConfig, run_dir: str | os.PathLike, progress: bool = True) -> Path:
+def finetune(cfg: TrainConfig, run_dir: str | os.PathLike, progress: bool = True) -> Path:  # noqa: C901 (split when the training config is reworked)
     import gymnasium as gym
     import torch
     from stable_baselines3.common.buffers import RolloutBuffer
