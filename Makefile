@@ -11,7 +11,7 @@ STAMP_JAZZY := $(VENV_JAZZY)/.installed
 TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv venv-jazzy test test-kilted test-jazzy test-fast bench demo train-demo lint format clean
+.PHONY: venv venv-jazzy native test test-kilted test-jazzy test-fast bench demo train-demo lint format clean
 
 venv: $(STAMP)
 
@@ -33,21 +33,26 @@ $(STAMP_JAZZY): setup.py
 # Everything on Kilted, then every ROS test (-m ros) again on Jazzy.
 test: test-kilted test-jazzy
 
-test-kilted: venv
+# The compiled LTC core, built in place (a no-op when it is up to date; without a compiler the
+# package runs on its numpy and torch paths).
+native: venv
+	$(PY) setup.py -q build_ext --inplace
+
+test-kilted: venv native
 	$(PY) -m pytest test $(PYTEST_ARGS)
 
-test-jazzy: venv-jazzy
+test-jazzy: venv-jazzy native
 	$(PY_JAZZY) -m pytest test -m ros $(PYTEST_ARGS)
 
 test-fast: venv
 	$(PY) -m pytest test -m "not slow" $(PYTEST_ARGS)
 
-bench: venv
+bench: venv native
 	$(PY) benchmarks/deploy_step.py
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/ros_loop.py
 
-demo: venv
+demo: venv native
 	$(PY) -m liquid_control.cli demo
 
 train-demo: venv

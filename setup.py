@@ -5,8 +5,54 @@ wheels instead (`.[ros-jazzy]` the Jazzy ones), so a ROS install never gets them
 """
 
 import os
+import sys
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+
+class OptionalBuildExt(build_ext):
+    """Build the compiled LTC core where a compiler is there; without one, warn and go on (the
+    package then runs on its numpy/torch paths, liquid_control.core.native says so)."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # noqa: BLE001 (any build failure: install without it)
+            self._skip(exc)
+
+    def build_extension(self, ext: Extension) -> None:
+        for attempt in ("as configured", "without OpenMP"):
+            try:
+                super().build_extension(ext)
+                return
+            except Exception as exc:  # noqa: BLE001
+                failure = exc
+            if attempt == "as configured" and "-fopenmp" in ext.extra_compile_args:
+                # a compiler without OpenMP: build the kernel serial
+                ext.extra_compile_args = [a for a in ext.extra_compile_args if a != "-fopenmp"]
+                ext.extra_link_args = [a for a in ext.extra_link_args if a != "-fopenmp"]
+            else:
+                break
+        self._skip(failure)
+
+    @staticmethod
+    def _skip(exc: Exception) -> None:
+        print(
+            f"liquid_control: the compiled LTC core was not built ({exc}); the numpy and torch "
+            "paths will be used",
+            file=sys.stderr,
+        )
+
+
+NATIVE = Extension(
+    "liquid_control.core._cltc",
+    ["liquid_control/core/_cltc.c"],
+    # -fno-trapping-math and -fno-math-errno let the exp and sigmoid loops vectorise (no FP
+    # traps are used; NaN and Inf propagate as usual).
+    extra_compile_args=["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"],
+    extra_link_args=["-fopenmp"],
+)
 
 PACKAGE = "liquid_control"
 
@@ -52,6 +98,8 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(exclude=["test", "test.*"]),
+    ext_modules=[NATIVE],
+    cmdclass={"build_ext": OptionalBuildExt},
     python_requires=">=3.10",
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
@@ -88,7 +136,7 @@ setup(
             "ruff",
         ],
     },
-    zip_safe=True,
+    zip_safe=False,
     maintainer="liquid_control developers",
     description="Liquid Time-Constant neural circuit policies for ROS 2",
     license="Apache-2.0",

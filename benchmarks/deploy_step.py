@@ -2,14 +2,16 @@
 
     .venv/bin/python benchmarks/deploy_step.py [--number 2000]
 
-"numpy Policy.step" is the whole robot-side step (normalise, LTC with elapsed time, scale, clip);
-"numpy LTC cell" the network alone. The anchors run one step of a sequence with the state carried,
+"compiled Policy.step" is the whole robot-side step (normalise, LTC with elapsed time, scale,
+clip) in one call to the C core; "numpy Policy.step" the same on the numpy runtime (the fallback);
+"numpy LTC cell" the numpy network alone. The anchors run one step of a sequence with the state carried,
 under torch.no_grad(), one torch thread. Prints microseconds per step and the ratios of this run.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 
@@ -30,6 +32,7 @@ def main() -> None:
     import ncps.torch
     import ncps.wirings
 
+    from liquid_control.core import native
     from liquid_control.core.spec import ActionElement, InterfaceSpec, ObservationElement
     from liquid_control.core.wiring import AutoNCP
     from liquid_control.nn import LTC
@@ -48,6 +51,8 @@ def main() -> None:
         100.0,
     )
     policy = LTC(S, AutoNCP(19, M, seed=1)).to_policy(spec)
+    numpy_policy = copy.deepcopy(policy)
+    numpy_policy._net = None  # the numpy runtime (what runs without the compiled core)
     cell = policy._cell
     obs = np.random.default_rng(0).normal(size=S)
     v = cell.zero_state()
@@ -65,9 +70,13 @@ def main() -> None:
         with torch.no_grad():
             _, state["lstm"] = lstm(xt, state["lstm"])
 
+    contenders = {}
+    if policy.native:
+        contenders["compiled Policy.step"] = lambda: policy.step(obs, dt=0.0101)
     results = compare(
         {
-            "numpy Policy.step": lambda: policy.step(obs, dt=0.0101),
+            **contenders,
+            "numpy Policy.step": lambda: numpy_policy.step(obs, dt=0.0101),
             "numpy LTC cell": lambda: cell.step(obs, v, 1.0),
             "ncps.torch.LTC": ncps_step,
             "torch.nn.LSTM(8, 19)": lstm_step,
@@ -79,7 +88,10 @@ def main() -> None:
         f"deploy step, batch 1, 8 inputs, 19 neurons ({cell.wiring.synapse_count + cell.wiring.sensory_synapse_count} "
         f"synapses), 6 unfolds; numpy {np.__version__}, torch {torch.__version__} (1 thread)"
     )
-    print(table(results, "numpy Policy.step", unit="us"))
+    ours = "compiled Policy.step" if policy.native else "numpy Policy.step"
+    if not policy.native:
+        print(f"(compiled core not in use: {native.why_not()})")
+    print(table(results, ours, unit="us"))
 
 
 if __name__ == "__main__":

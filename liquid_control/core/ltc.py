@@ -161,6 +161,28 @@ class LTCCell:
         gs[:-1] *= p["input_w"][:, None]
         self._const = np.concatenate([const_num, const_den])
         self._out_w, self._out_b = p["output_w"], p["output_b"]
+        # The same network as synapse lists, for the compiled core (liquid_control.core.native).
+        self._synapses = {
+            "src": src.astype(np.int64),
+            "dst": dst.astype(np.int64),
+            "wn": w * e,
+            "wd": w.copy(),
+            "sigma": p["sigma"][src, dst],
+            "mu": p["mu"][src, dst],
+            "ssrc": ssrc.astype(np.int64),
+            "sdst": sdst.astype(np.int64),
+            "swn": sw * se,
+            "swd": sw.copy(),
+            "ssigma": p["sensory_sigma"][ssrc, sdst],
+            "smu": p["sensory_mu"][ssrc, sdst],
+            "glvl": p["gleak"] * p["vleak"],
+            "gleak": p["gleak"].copy(),
+            "cm": p["cm"].copy(),
+            "input_w": p["input_w"].copy(),
+            "input_b": p["input_b"].copy(),
+            "output_w": p["output_w"].copy(),
+            "output_b": p["output_b"].copy(),
+        }
         self._init_buffers()
 
     # The precomputed arrays `step` reads: all a process needs to run the cell (see `runtime`).
@@ -171,16 +193,24 @@ class LTCCell:
         microseconds (the policy node hands a swapped policy to its control process this way)."""
         out = {name[1:]: getattr(self, name).copy() for name in self.RUNTIME}
         out["ode_unfolds"] = np.array(self.ode_unfolds)
+        out["epsilon"] = np.array(self.epsilon)
+        out.update({f"syn.{k}": v.astype(np.float64) for k, v in self._synapses.items()})
         return out
 
     @classmethod
     def from_runtime(cls, arrays: dict[str, np.ndarray]) -> LTCCell:
         """The cell whose `runtime()` gave `arrays` (no wiring or parameters attached)."""
         cell = cls.__new__(cls)
-        cell.wiring, cell.params, cell.epsilon = None, None, float("nan")  # type: ignore[assignment]
+        cell.wiring, cell.params = None, None  # type: ignore[assignment]
         cell.ode_unfolds = int(arrays["ode_unfolds"])
+        cell.epsilon = float(arrays["epsilon"])
         for name in cls.RUNTIME:
             setattr(cell, name, np.array(arrays[name[1:]], np.float64))
+        cell._synapses = {
+            k[4:]: np.array(v, np.int64 if k[4:] in ("src", "dst", "ssrc", "sdst") else np.float64)
+            for k, v in arrays.items()
+            if k.startswith("syn.")
+        }
         n2 = cell._const.size
         if n2 % 2 or cell._M.shape[1] != n2 or cell._Ms.shape[1] != n2:
             raise ValueError(f"LTC runtime arrays: inconsistent shapes {cell._M.shape}, {n2}")
@@ -205,9 +235,17 @@ class LTCCell:
     def __deepcopy__(self, memo: dict) -> LTCCell:
         # The work buffers are views into each other; a field-by-field copy would break that
         # sharing (and step would read stale buffers), so a copy is rebuilt from the parameters.
+        if self.params is None:  # a cell rebuilt from runtime arrays: rebuild it the same way
+            return LTCCell.from_runtime(self.runtime())
         return LTCCell(
             self.wiring, copy.deepcopy(self.params, memo), self.ode_unfolds, self.epsilon
         )
+
+    @property
+    def synapses(self) -> dict[str, np.ndarray]:
+        """The network as synapse lists (src, dst, wn = w erev, wd = w, sigma, mu; the same for
+        the sensory synapses; per-neuron glvl = gleak vleak, gleak, cm; the affine maps)."""
+        return self._synapses
 
     @property
     def units(self) -> int:

@@ -11,6 +11,7 @@ actions with the spec's scale/offset, clipped to the limits.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import math
 import os
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from . import native
 from .ltc import PARAM_NAMES, POSITIVE_PARAMS, LTCCell, param_shapes
 from .policy_file import PolicyFileError, read_policy_file, write_policy_file
 from .spec import InterfaceSpec, SpecError
@@ -83,6 +85,24 @@ class Policy:
         self._low, self._high = spec.action_low, spec.action_high
         self.state_low, self.state_high = state_bounds(wiring, self.params)
         self.state = self._cell.zero_state()
+        self._init_native()
+
+    # -- copies: the compiled twin is rebuilt, never copied ---------------------------------------
+    def __deepcopy__(self, memo: dict) -> Policy:
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            if key != "_net":
+                setattr(new, key, copy.deepcopy(value, memo))
+        new._init_native()
+        return new
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_net"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_native()
 
     # -- running ---------------------------------------------------------------------------
     def reset(self) -> None:
@@ -100,26 +120,97 @@ class Policy:
             clip: clip to the action limits (False: the scaled output as the network gives it,
                 for the safety core's out-of-domain check, which clips afterwards).
         """
-        obs = np.asarray(observation, np.float64)
-        if obs.shape != (self.spec.obs_dim,):
-            raise ValueError(f"observation: expected shape ({self.spec.obs_dim},), got {obs.shape}")
+        elapsed = self._elapsed(dt)
+        net = self._net
+        if net is not None:  # the compiled core: normalise, step, scale and clip in one call
+            obs = observation
+            if obs.__class__ is not np.ndarray or obs.shape != self._obs_shape:
+                obs = self._checked_shape(observation)
+            state = self.state
+            action = np.empty(self._m)
+            try:
+                net.step(obs, state, elapsed, action, clip)
+            except TypeError:  # not float64, not contiguous, or a state that is not writable
+                obs = np.ascontiguousarray(obs, np.float64)
+                self.state = state = np.array(state, np.float64)
+                net.step(obs, state, elapsed, action, clip)
+            return action
+        obs = self._checked_shape(observation)
         if not np.isfinite(obs).all():
             raise ValueError(
                 f"observation: NaN or Inf at {np.flatnonzero(~np.isfinite(obs)).tolist()}"
             )
-        if dt is None:
-            elapsed = (
-                1.0
-                if self.time_unit_s == self.spec.control_period_s
-                else self.spec.control_period_s / self.time_unit_s
-            )
-        else:
-            if not (isinstance(dt, (int, float, np.floating)) and math.isfinite(dt) and dt > 0):
-                raise ValueError(f"dt: expected a finite number of seconds > 0, got {dt!r}")
-            elapsed = dt / self.time_unit_s
         u, self.state = self._cell.step((obs - self._mean) * self._inv_std, self.state, elapsed)
         action = self._offset + self._scale * u
         return np.clip(action, self._low, self._high) if clip else action
+
+    def _checked_shape(self, observation: Any) -> np.ndarray:
+        obs = np.asarray(observation, np.float64)
+        if obs.shape != self._obs_shape:
+            raise ValueError(f"observation: expected shape ({self.spec.obs_dim},), got {obs.shape}")
+        return obs
+
+    def _elapsed(self, dt: float | None) -> float:
+        """`dt` seconds in LTC time units (None: the nominal period)."""
+        if dt is None:
+            return self._nominal_elapsed
+        if not (isinstance(dt, (int, float, np.floating)) and math.isfinite(dt) and dt > 0):
+            raise ValueError(f"dt: expected a finite number of seconds > 0, got {dt!r}")
+        return dt / self.time_unit_s
+
+    def _init_native(self) -> None:
+        """The compiled twin of the cell and the affine maps (None without the extension)."""
+        self._obs_shape = (self.spec.obs_dim,)
+        self._m = self.spec.action_dim
+        period = self.spec.control_period_s
+        self._nominal_elapsed = 1.0 if self.time_unit_s == period else period / self.time_unit_s
+        self._net = native.network(
+            self._cell.synapses,
+            {
+                "mean": self._mean,
+                "inv_std": self._inv_std,
+                "scale": self._scale,
+                "offset": self._offset,
+                "low": self._low,
+                "high": self._high,
+            },
+            self._cell.units,
+            self._cell.ode_unfolds,
+            self._cell.epsilon,
+        )
+
+    @property
+    def native(self) -> bool:
+        """Whether `step` runs on the compiled core."""
+        return self._net is not None
+
+    def rollout(self, observations: np.ndarray, dt: np.ndarray | float | None = None) -> np.ndarray:
+        """`step` over a sequence: observations (T, obs_dim), dt (T,) seconds, a scalar or None
+        (nominal); returns the actions (T, action_dim), state carried from and left in `state`.
+        Runs in one call on the compiled core (the interpreter lock released meanwhile)."""
+        obs = np.ascontiguousarray(observations, np.float64)
+        if obs.ndim != 2 or obs.shape[1] != self.spec.obs_dim:
+            raise ValueError(
+                f"observations: expected shape (T, {self.spec.obs_dim}), got {obs.shape}"
+            )
+        T = obs.shape[0]
+        if dt is None or np.ndim(dt) == 0:
+            elapsed = np.full(T, self._elapsed(None if dt is None else float(dt)))
+        else:
+            dts = np.asarray(dt, np.float64)
+            if dts.shape != (T,) or not (np.isfinite(dts).all() and (dts > 0).all()):
+                raise ValueError(f"dt: expected {T} finite numbers of seconds > 0")
+            elapsed = dts / self.time_unit_s
+        if not np.isfinite(obs).all():
+            raise ValueError("observations: NaN or Inf")
+        if self._net is None:
+            return np.array(
+                [self.step(o, e * self.time_unit_s) for o, e in zip(obs, elapsed, strict=True)]
+            ).reshape(T, self._m)
+        actions = np.empty((T, self._m))
+        self.state = np.array(self.state, np.float64)
+        self._net.rollout(obs, elapsed, self.state, actions, None)
+        return actions
 
     def network_step(self, x: np.ndarray, elapsed: float = 1.0) -> np.ndarray:
         """Step on already-normalised input, returning raw motor outputs (for tests and export)."""
@@ -161,7 +252,7 @@ class Policy:
         if policy._cell._xs.size != spec.obs_dim + 1 or policy._cell._m != spec.action_dim:
             raise ValueError("policy runtime: the cell does not fit the spec's dimensions")
         policy.wiring, policy.params, policy.spec = None, {}, spec  # type: ignore[assignment]
-        policy.ode_unfolds, policy.epsilon = policy._cell.ode_unfolds, float("nan")
+        policy.ode_unfolds, policy.epsilon = policy._cell.ode_unfolds, policy._cell.epsilon
         policy.time_unit_s = float(arrays["time_unit_s"])
         policy.state_low = np.array(arrays["state_low"], np.float64)
         policy.state_high = np.array(arrays["state_high"], np.float64)
@@ -171,6 +262,7 @@ class Policy:
             raise ValueError("policy runtime: state bounds do not fit the cell")
         policy.provenance, policy.content_hash, policy.path = {}, content_hash, None
         policy.state = policy._cell.zero_state()
+        policy._init_native()
         return policy
 
     # -- files -----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..core import native
 from ..core.ltc import PARAM_NAMES, POSITIVE_PARAMS, init_params
 from ..core.policy import Policy
 from ..core.spec import InterfaceSpec
@@ -212,7 +213,10 @@ class LTC(nn.Module):
         b = cm_t + p["gleak"] + den_s + self.epsilon
         src, dst = self.syn_src, self.syn_dst
         w = p["w"][src, dst]
-        V = _RecurrentUnfold.apply(
+        unfold = (
+            _NativeUnfold if native.available() and x.device.type == "cpu" else _RecurrentUnfold
+        )
+        V = unfold.apply(
             h,
             cm_t,
             a,
@@ -381,3 +385,64 @@ class _RecurrentUnfold(torch.autograd.Function):
         g_b = -G_den.reshape(T, U, B, N).sum(1).permute(1, 0, 2)
         g_cm_t = (G_num * V[:-1]).reshape(T, U, B, N).sum(1).permute(1, 0, 2)
         return gv, g_cm_t, g_a, g_b, g_wn, g_wd, g_sigma, g_mu, None, None, None
+
+
+class _NativeUnfold(torch.autograd.Function):
+    """`_RecurrentUnfold` on the compiled core (`_cltc.c`): the same inputs, outputs and
+    gradients. The kernel keeps the batch as its innermost (vector) axis, (T, N, B), so every
+    synapse is one vector loop over the samples; it runs float32 or float64 (as the inputs), the
+    batch split over torch's intra-op threads. A GPU kernel can take the same signature later."""
+
+    @staticmethod
+    def forward(ctx, h0, cm_t, a, b, wn, wd, sigma, mu, src, dst, unfolds: int):  # type: ignore[override]
+        B, T, N = a.shape
+        K = src.numel()
+        dtype = a.dtype
+
+        def lanes(t: torch.Tensor) -> np.ndarray:  # (B, T, N) -> (T, N, B) contiguous
+            return t.detach().to(dtype).permute(1, 2, 0).contiguous().numpy()
+
+        def flat(t: torch.Tensor, kind: torch.dtype = dtype) -> np.ndarray:
+            return t.detach().to(kind).contiguous().numpy()
+
+        cm_lanes = lanes(cm_t)
+        V = torch.empty(T * unfolds + 1, N, B, dtype=dtype)
+        D = torch.empty(T * unfolds, N, B, dtype=dtype)
+        native.load().unfold_forward(
+            B, T, N, K, unfolds,
+            flat(h0.t()), cm_lanes, lanes(a), lanes(b),
+            flat(wn), flat(wd), flat(sigma), flat(mu),
+            flat(src, torch.int64), flat(dst, torch.int64),
+            V.numpy(), D.numpy(), torch.get_num_threads(),
+        )  # fmt: skip
+        ctx.save_for_backward(V, D, torch.from_numpy(cm_lanes), wn, wd, sigma, mu, src, dst)
+        ctx.unfolds = unfolds
+        return V[unfolds::unfolds].permute(2, 0, 1)
+
+    @staticmethod
+    def backward(ctx, g_out):  # type: ignore[override]
+        V, D, cm_lanes, wn, wd, sigma, mu, src, dst = ctx.saved_tensors
+        U = ctx.unfolds
+        TU1, N, B = V.shape
+        T = (TU1 - 1) // U
+        K = src.numel()
+        dtype = V.dtype
+        g_h0 = torch.empty(N, B, dtype=dtype)
+        g_cm_t, g_a, g_b = (torch.empty(T, N, B, dtype=dtype) for _ in range(3))
+        g_params = torch.zeros(4, K, dtype=dtype)
+
+        def flat(t: torch.Tensor, kind: torch.dtype = dtype) -> np.ndarray:
+            return t.detach().to(kind).contiguous().numpy()
+
+        native.load().unfold_backward(
+            B, T, N, K, U,
+            V.numpy(), D.numpy(), cm_lanes.numpy(),
+            flat(wn), flat(wd), flat(sigma), flat(mu),
+            flat(src, torch.int64), flat(dst, torch.int64),
+            flat(g_out.permute(1, 2, 0)),
+            g_h0.numpy(), g_cm_t.numpy(), g_a.numpy(), g_b.numpy(), g_params.numpy(),
+            torch.get_num_threads(),
+        )  # fmt: skip
+        g_wn, g_wd, g_sigma, g_mu = g_params.unbind(0)
+        back = (g.permute(2, 0, 1) for g in (g_cm_t, g_a, g_b))
+        return g_h0.t(), *back, g_wn, g_wd, g_sigma, g_mu, None, None, None
