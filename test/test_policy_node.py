@@ -23,11 +23,15 @@ from std_srvs.srv import SetBool
 
 from liquid_control.core import ActionElement, InterfaceSpec, ObservationElement, Policy
 from liquid_control.ros.messages import LATCHED_QOS, SENSOR_QOS
+from liquid_control.ros.policy_node import measure_step_s
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(180)]
 
 RATE_HZ = 50.0
 PERIOD_S = 1.0 / RATE_HZ
+# Swaps to policies slower than this fraction of the period are refused ("b", 100 units at 6
+# unfolds, takes ~15 us compiled and ~350 us in numpy: well inside it either way).
+SWAP_STEP_FRACTION = 0.05
 TIMEOUT_S = 0.3
 SAFE = [0.5, -0.5]
 NODE = "/policy_node"
@@ -95,9 +99,17 @@ def files(tmp_path_factory) -> dict[str, Path]:
     save_test_policy(f["a"], joint_spec(), seed=0)
     # A bigger network: loads and dry-runs slowly enough that a loop blocked by it would show.
     save_test_policy(f["b"], joint_spec(), seed=1, units=100)
-    # Too slow for the 20 ms period: one step takes ~80 ms here (max_swap_step_fraction 0.25).
+    # Too slow for the 20 ms period (max_swap_step_fraction 0.05 in the rig: 1 ms): the smallest
+    # network whose step takes over twice that here, compiled solver or numpy (at 64 unfolds 160
+    # units take ~10 ms in numpy, 0.3 ms compiled; 700 units ~5 ms compiled).
     f["slow"] = allowed / "slow.lcp"
-    save_test_policy(f["slow"], joint_spec(), seed=8, units=160, ode_unfolds=64)
+    for units in (160, 400, 700, 1000):
+        save_test_policy(f["slow"], joint_spec(), seed=8, units=units, ode_unfolds=64)
+        slow = Policy.load(f["slow"])
+        if measure_step_s(slow, slow.spec.obs_mean, steps=5) > 2 * SWAP_STEP_FRACTION * PERIOD_S:
+            break
+    else:
+        pytest.fail("no test policy is slow enough to be refused on this machine")
     f["corrupt"].write_bytes(f["a"].read_bytes()[:-40] + b"\x00" * 40)
     save_test_policy(f["incompatible"], joint_spec(["j0", "elbow"]), seed=2)
     save_test_policy(f["other_rate"], joint_spec(rate_hz=25.0), seed=3)
@@ -117,6 +129,7 @@ def rig(files):
         "debug": True,
         "realtime_priority": 10,
         "cpu_affinity": [CORE],
+        "max_swap_step_fraction": SWAP_STEP_FRACTION,
     }
     with NodeProcess(
         "liquid_control.ros.policy_node", params=params, log_dir=files["log_dir"]

@@ -228,8 +228,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "max_swap_step_fraction",
         0.25,
-        "A swap is refused if the candidate policy's measured step time (median of 50 steps) "
-        "is above this fraction of the control period.",
+        "A swap is refused if the candidate policy's measured step time (median of up to 50 timed "
+        "steps; the timing stops once most are over) is above this fraction of the control period.",
         "node",
         range=(0.001, 1.0),
     ),
