@@ -48,7 +48,7 @@ class OptionalBuildExt(build_ext):
 NATIVE = Extension(
     "liquid_control.core._cltc",
     ["liquid_control/core/_cltc.c"],
-    depends=[f"liquid_control/core/csrc/{h}" for h in ("ltc.h", "safety.h", "safety_py.h")],
+    depends=[f"liquid_control/core/csrc/{h}" for h in ("ltc.h", "safety.h", "safety_py.h", "cdr.h", "cdr_py.h")],
     # -fno-trapping-math and -fno-math-errno let the exp and sigmoid loops vectorise (no FP
     # traps are used; NaN and Inf propagate as usual).
     extra_compile_args=["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"],

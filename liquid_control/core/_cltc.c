@@ -356,6 +356,7 @@ static PyTypeObject NetType = {
 };
 
 #include "csrc/safety_py.h"
+#include "csrc/cdr_py.h"
 
 /* ------------------------------------------------------------------------------------------ */
 /* the training kernel: the recurrent unfolds over (B, T), forward and backward               */
@@ -679,12 +680,20 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cltc",
                                     module_methods};
 
 PyMODINIT_FUNC PyInit__cltc(void) {
-    if (PyType_Ready(&NetType) < 0 || PyType_Ready(&SafetyType) < 0) return NULL;
+    if (PyType_Ready(&NetType) < 0 || PyType_Ready(&SafetyType) < 0 ||
+        PyType_Ready(&ReaderType) < 0)
+        return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
     Py_INCREF(&NetType);
     if (PyModule_AddObject(m, "Net", (PyObject *)&NetType) < 0) {
         Py_DECREF(&NetType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&ReaderType);
+    if (PyModule_AddObject(m, "InputReader", (PyObject *)&ReaderType) < 0) {
+        Py_DECREF(&ReaderType);
         Py_DECREF(m);
         return NULL;
     }
