@@ -11,7 +11,7 @@ STAMP_JAZZY := $(VENV_JAZZY)/.installed
 TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv venv-jazzy native test test-kilted test-jazzy test-fast bench demo train-demo lint format clean
+.PHONY: venv venv-jazzy native native-jazzy test test-kilted test-jazzy test-fast bench demo train-demo lint format clean
 
 venv: $(STAMP)
 
@@ -33,15 +33,19 @@ $(STAMP_JAZZY): setup.py
 # Everything on Kilted, then every ROS test (-m ros) again on Jazzy.
 test: test-kilted test-jazzy
 
-# The compiled LTC core, built in place (a no-op when it is up to date; without a compiler the
-# package runs on its numpy and torch paths).
+# The compiled LTC core and the compiled control tick, built in place (a no-op when up to date;
+# without a compiler the package runs on its numpy and torch paths and the Python tick). The tick
+# links to the ROS install of the venv's Python: one build per venv (Kilted, Jazzy), side by side.
 native: venv
 	$(PY) setup.py -q build_ext --inplace
+
+native-jazzy: venv-jazzy
+	$(PY_JAZZY) setup.py -q build_ext --inplace
 
 test-kilted: venv native
 	$(PY) -m pytest test $(PYTEST_ARGS)
 
-test-jazzy: venv-jazzy native
+test-jazzy: venv-jazzy native native-jazzy
 	$(PY_JAZZY) -m pytest test -m ros $(PYTEST_ARGS)
 
 test-fast: venv

@@ -48,12 +48,64 @@ class OptionalBuildExt(build_ext):
 NATIVE = Extension(
     "liquid_control.core._cltc",
     ["liquid_control/core/_cltc.c"],
-    depends=[f"liquid_control/core/csrc/{h}" for h in ("ltc.h", "safety.h", "safety_py.h", "cdr.h", "cdr_py.h")],
+    depends=[
+        f"liquid_control/core/csrc/{h}"
+        for h in ("ltc.h", "safety.h", "safety_py.h", "cdr.h", "cdr_py.h")
+    ],
     # -fno-trapping-math and -fno-math-errno let the exp and sigmoid loops vectorise (no FP
     # traps are used; NaN and Inf propagate as usual).
     extra_compile_args=["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"],
     extra_link_args=["-fopenmp"],
 )
+
+
+def ros_prefix() -> str | None:
+    """The ROS 2 install whose C headers the compiled control tick builds against: this Python's
+    prefix (the pip wheels put include/ and lib/ there), an AMENT_PREFIX_PATH entry, or
+    /opt/ros/$ROS_DISTRO; None if none has rcl's headers."""
+    candidates = [sys.prefix, *os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)]
+    if os.environ.get("ROS_DISTRO"):
+        candidates.append(os.path.join("/opt/ros", os.environ["ROS_DISTRO"]))
+    for prefix in candidates:
+        if prefix and os.path.isfile(os.path.join(prefix, "include", "rcl", "rcl", "rcl.h")):
+            return os.path.realpath(prefix)
+    return None
+
+
+def tick_extension() -> list[Extension]:
+    """The compiled control tick, linked to the rcl of `ros_prefix()`. Its module name carries
+    a hash of that prefix, so one source tree can hold a build per ROS install (Kilted and Jazzy
+    venvs side by side); at run time liquid_control.ros.native_tick uses only the build whose
+    prefix holds the rclpy in use (headers and library must match the running ROS)."""
+    prefix = ros_prefix()
+    if prefix is None:
+        return []
+    import hashlib
+
+    name = "_ctick_" + hashlib.sha1(prefix.encode()).hexdigest()[:10]
+    include = os.path.join(prefix, "include")
+    dirs = sorted(os.path.join(include, d) for d in os.listdir(include))
+    lib = os.path.join(prefix, "lib")
+    return [
+        Extension(
+            f"liquid_control.ros.{name}",
+            ["liquid_control/ros/_ctick.c"],
+            depends=NATIVE.depends,
+            include_dirs=[d for d in dirs if os.path.isdir(d)],
+            library_dirs=[lib],
+            libraries=["rcl", "rmw", "rcutils"],
+            runtime_library_dirs=[lib],
+            define_macros=[("CTICK_MODULE", name), ("CTICK_PREFIX", f'"{prefix}"')],
+            extra_compile_args=[
+                "-O2",
+                "-fno-math-errno",
+                "-Wno-unused-function",
+                "-Wno-unused-variable",
+                "-Wno-unknown-pragmas",
+            ],
+        )
+    ]
+
 
 PACKAGE = "liquid_control"
 
@@ -99,7 +151,7 @@ setup(
     name=PACKAGE,
     version="0.1.0",
     packages=find_packages(exclude=["test", "test.*"]),
-    ext_modules=[NATIVE],
+    ext_modules=[NATIVE, *tick_extension()],
     cmdclass={"build_ext": OptionalBuildExt},
     python_requires=">=3.10",
     data_files=[

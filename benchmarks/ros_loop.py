@@ -2,6 +2,9 @@
 
     .venv/bin/python benchmarks/ros_loop.py                      # 100, 500, 1000 Hz, 30 s each
     .venv/bin/python benchmarks/ros_loop.py --duration 5 --rates 1000 --realtime-priority 80
+    .venv/bin/python benchmarks/ros_loop.py --rates 1000 --realtime-priority 80 --tick compiled \
+        python --gil-load 0 2 --stalls 0       # the compiled and the Python tick, with and
+                                               # without 2 threads hammering the GIL
 
 For each rate and each `realtime_priority` of the node (default: 0 = normal scheduling, and 80 =
 SCHED_FIFO control thread, where the kernel allows it; the last lines say what each run got) the
@@ -22,6 +25,11 @@ a `policy_path` swap every `--swap-period` seconds (alternating two valid files)
 - then, per rate and priority, `--stalls` stalls of the control process (SIGSTOP and SIGKILL in
   turn): the time from the signal to the first safe command a subscriber receives (published by
   the node's watchdog, which then replaces the process), median and worst.
+
+`--tick compiled python` runs each case with the compiled tick (``compiled_tick: true``, the
+default where it is built) and with the Python tick; `--gil-load N` starts N Python threads in the
+control process that keep the interpreter lock busy (pure-Python loops; the control process's
+``LIQUID_CONTROL_GIL_LOAD`` option, for this benchmark), to show which tick depends on the lock.
 
 The node runs with `debug: true` (for the latency), which adds one publish per tick that is not
 counted in its compute time. All three processes share the machine's cores.
@@ -130,6 +138,8 @@ def run_case(
     swap_period: float | None,
     log_dir: Path,
     priority: int = 0,
+    tick: str = "compiled",
+    gil_load: int = 0,
 ) -> dict:
     from ros_harness import Harness, NodeProcess, diagnostic_values
 
@@ -144,13 +154,18 @@ def run_case(
         "control_rate_hz": rate,
         "realtime_priority": priority,
         "estop_required_at_start": False,  # (no estop in the benchmark)
+        "compiled_tick": tick == "compiled",
     }
     sensors = NodeProcess(
         argv=[sys.executable, __file__, "--sensors", str(rate), "--t-base", repr(t_base)],
         log_dir=log_dir,
     )
     node = NodeProcess(
-        "liquid_control.ros.policy_node", params=params, name=NODE[1:], log_dir=log_dir
+        "liquid_control.ros.policy_node",
+        params=params,
+        name=NODE[1:],
+        log_dir=log_dir,
+        env={"LIQUID_CONTROL_GIL_LOAD": str(gil_load)},
     )
     h = Harness("bench_harness")
     try:
@@ -202,6 +217,8 @@ def run_case(
         return {
             "rate": rate,
             "prio": priority,
+            "tick": d.get("control_tick", "?").split(" ")[0],
+            "gil": gil_load,
             "thread": d.get("control_thread", "?"),
             "swap": bool(swap_period),
             "achieved": float(d["total_achieved_rate_hz"]),
@@ -330,6 +347,20 @@ def main() -> None:
     ap.add_argument(
         "--only-stalls", action="store_true", help="skip the timing runs, time the stalls only"
     )
+    ap.add_argument(
+        "--tick",
+        nargs="+",
+        choices=("compiled", "python"),
+        default=["compiled", "python"],
+        help="the control ticks to run (compiled_tick true / false)",
+    )
+    ap.add_argument(
+        "--gil-load",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="Python threads hammering the interpreter lock in the control process (0 = none)",
+    )
     ap.add_argument("--sensors", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--t-base", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -347,12 +378,12 @@ def main() -> None:
         f"{args.duration:g} s per run, swap every {args.swap_period:g} s"
     )
     print(
-        f"{'rate_hz':>7} {'prio':>4} {'swaps':>6} {'achieved':>8} {'perr_p50':>8} {'perr_p99':>8} {'perr_max':>8} "
+        f"{'rate_hz':>7} {'prio':>4} {'tick':>8} {'gil':>3} {'swaps':>6} {'achieved':>8} {'perr_p50':>8} {'perr_p99':>8} {'perr_max':>8} "
         f"{'comp_p50':>8} {'comp_p99':>8} {'lat_p50':>7} {'lat_p99':>7} {'ticks':>6} {'missed':>6} "
         f"{'m_swap':>6} {'swap_ms':>7} {'node_cpu':>8} {'loop_cpu':>8}"
     )
     print(
-        f"{'':>7} {'':>4} {'':>6} {'Hz':>8} {'ms':>8} {'ms':>8} {'ms':>8} {'us':>8} {'us':>8} {'ms':>7} "
+        f"{'':>7} {'':>4} {'':>8} {'':>3} {'':>6} {'Hz':>8} {'ms':>8} {'ms':>8} {'ms':>8} {'us':>8} {'us':>8} {'ms':>7} "
         f"{'ms':>7} {'':>6} {'':>6} {'':>6} {'ms':>7} {'%core':>8} {'%core':>8}"
     )
     threads: dict[int, str] = {}
@@ -364,18 +395,25 @@ def main() -> None:
             path = tmp / f"policy_{int(rate)}_{seed}.lcp"
             Policy(wiring, init_params(wiring, seed=seed), spec).save(path)
             files.append(path)
-        for priority in [] if args.only_stalls else args.realtime_priority:
-            for swap in (None, args.swap_period):
-                r = run_case(rate, files, args.duration, swap, tmp / "logs", priority)
-                threads[priority] = r["thread"]
-                print(
-                    f"{r['rate']:7.0f} {r['prio']:4d} {r['swaps']:>6} {r['achieved']:8.1f} "
-                    f"{r['pe50']:8.3f} {r['pe99']:8.3f} {r['pemax']:8.2f} {r['c50']:8.0f} "
-                    f"{r['c99']:8.0f} {r['lat50']:7.2f} {r['lat99']:7.2f} {r['ticks']:6d} "
-                    f"{r['missed']:6d} {r['missed_swap'] if r['swap'] else '-':>6} "
-                    f"{r['swap_ms']:7.1f} {r['cpu']:8.0f} {r['loop_cpu']:8.0f}",
-                    flush=True,
-                )
+        cases = [
+            (priority, tick, gil, swap)
+            for priority in ([] if args.only_stalls else args.realtime_priority)
+            for tick in args.tick
+            for gil in args.gil_load
+            for swap in (None, args.swap_period)
+        ]
+        for priority, tick, gil, swap in cases:
+            r = run_case(rate, files, args.duration, swap, tmp / "logs", priority, tick, gil)
+            threads[priority] = r["thread"]
+            print(
+                f"{r['rate']:7.0f} {r['prio']:4d} {r['tick']:>8} {r['gil']:3d} "
+                f"{r['swaps']:>6} {r['achieved']:8.1f} "
+                f"{r['pe50']:8.3f} {r['pe99']:8.3f} {r['pemax']:8.2f} {r['c50']:8.0f} "
+                f"{r['c99']:8.0f} {r['lat50']:7.2f} {r['lat99']:7.2f} {r['ticks']:6d} "
+                f"{r['missed']:6d} {r['missed_swap'] if r['swap'] else '-':>6} "
+                f"{r['swap_ms']:7.1f} {r['cpu']:8.0f} {r['loop_cpu']:8.0f}",
+                flush=True,
+            )
     for priority, thread in threads.items():
         print(f"# prio {priority}: control thread {thread}")
     if args.stalls:

@@ -239,7 +239,8 @@ def test_a_clock_jumping_back_restarts_the_loop_at_once_with_a_fresh_state(tmp_p
             )
             assert t_first - t_jump < 1.0, f"the loop resumed {t_first - t_jump:.2f} s after"
             assert first["dt"] <= 5 * 0.02 + 1e-9  # elapsed clamped to max_dt_s (5 periods)
-            assert "clock jumped back" in rig.node.log()
+            # (the compiled tick's events reach the log from a thread of their own, shortly after)
+            rig.wait(lambda: "clock jumped back" in rig.node.log(), 2.0, "the jump in the log")
 
 
 def test_a_flood_of_huge_joint_states_cannot_hold_a_tick(tmp_path):
@@ -330,7 +331,9 @@ def test_a_nan_flood_does_not_push_valid_samples_out_and_is_named(tmp_path):
             assert len(during) >= 50, f"{len(during)} commands in 2.5 s"
             assert safe <= 0.1 * len(during), f"{safe} of {len(during)} were the safe action"
             assert "/joint_states" in v["flooded_inputs"], v
-            if PUBLISHER_IDS:  # (rclpy from Kilted on reports who sent each message)
+            # rclpy from Kilted on reports who sent each message; the compiled tick reads it from
+            # the middleware on every distribution
+            if PUBLISHER_IDS or v.get("control_tick") == "compiled":
                 assert int(v["rejected_non_finite"]) >= 50
                 assert int(v["rejected_quarantined"]) > 1000
             else:

@@ -33,49 +33,7 @@
 
 #include "csrc/ltc.h"
 
-/* ------------------------------------------------------------------------------------------ */
-/* buffers                                                                                      */
-/* ------------------------------------------------------------------------------------------ */
-typedef struct {
-    Py_buffer view;
-    int ok;
-} buf_t;
-
-/* Get a C-contiguous buffer of `format` ("d", "f" or "q") with `count` items (-1: any). */
-static int get_buf(PyObject *obj, buf_t *b, const char *name, char format, Py_ssize_t count,
-                   int writable) {
-    b->ok = 0;
-    if (PyObject_GetBuffer(obj, &b->view,
-                           PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0) {
-        PyErr_Format(PyExc_TypeError, "%s: expected a C-contiguous%s array", name,
-                     writable ? " writable" : "");
-        return -1;
-    }
-    b->ok = 1;
-    const char *f = b->view.format ? b->view.format : "B";
-    if (*f == '<' || *f == '=' || *f == '@') f++;
-    char want = format;
-    int match = (*f == want) || (want == 'q' && (*f == 'l' && sizeof(long) == 8));
-    if (!match || f[1] != '\0') {
-        PyErr_Format(PyExc_TypeError, "%s: expected %s items, got format '%s'", name,
-                     want == 'd' ? "float64" : want == 'f' ? "float32" : "int64", b->view.format);
-        return -1;
-    }
-    Py_ssize_t n = b->view.len / b->view.itemsize;
-    if (count >= 0 && n != count) {
-        PyErr_Format(PyExc_ValueError, "%s: expected %zd items, got %zd", name, count, n);
-        return -1;
-    }
-    return 0;
-}
-
-static void release(buf_t *bufs, int n) {
-    for (int i = 0; i < n; i++)
-        if (bufs[i].ok) {
-            PyBuffer_Release(&bufs[i].view);
-            bufs[i].ok = 0;
-        }
-}
+#include "csrc/pybuf.h"
 
 /* ------------------------------------------------------------------------------------------ */
 /* the Net type                                                                                 */
@@ -84,6 +42,7 @@ typedef struct {
     PyObject_HEAD
     ltc_net net;
     void *memory;
+    ltc_handle handle;
 } NetObject;
 
 static void Net_dealloc(NetObject *self) {
@@ -91,16 +50,6 @@ static void Net_dealloc(NetObject *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static int copy_items(void *dst, PyObject *obj, const char *name, char format, Py_ssize_t count) {
-    buf_t b;
-    if (get_buf(obj, &b, name, format, count, 0) < 0) {
-        release(&b, 1);
-        return -1;
-    }
-    memcpy(dst, b.view.buf, (size_t)b.view.len);
-    release(&b, 1);
-    return 0;
-}
 
 /* Reorder the synapses (src, dst and 4 value arrays) by destination neuron, keeping their order
  * within a neuron, and set row[j] .. row[j+1] to neuron j's synapses: each neuron's sums are
@@ -335,7 +284,17 @@ static PyObject *Net_step_batch(NetObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* capsule(): the network for the compiled control tick (liquid_control/ros/_ctick.c), which
+ * keeps a reference to this Net while it steps it */
+static PyObject *Net_capsule(NetObject *self, PyObject *unused) {
+    self->handle.net = &self->net;
+    self->handle.step = policy_step;
+    return PyCapsule_New(&self->handle, LTC_HANDLE_CAPSULE, NULL);
+}
+
 static PyMethodDef Net_methods[] = {
+    {"capsule", (PyCFunction)Net_capsule, METH_NOARGS,
+     "the network as a capsule, for the compiled control tick"},
     {"step", (PyCFunction)(void (*)(void))Net_step, METH_FASTCALL,
      "step(obs, state, elapsed, action, clip): one robot step; state and action written in place"},
     {"rollout", (PyCFunction)Net_rollout, METH_VARARGS,

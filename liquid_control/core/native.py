@@ -139,6 +139,35 @@ def space_tuple(space: Any) -> tuple:
     )
 
 
+def latch_text(space: Any, kind: int, i: int, value: float) -> str:
+    """The C core's latch (kind, index, value) worded as the Python core words it."""
+    if kind == 0:
+        return ""
+    if kind == 1:
+        lo, hi = space.observation_domain
+        return (
+            f"observation {space.observation_names[i]!r} = {value:.6g} is outside its "
+            f"domain [{lo[i]:g}, {hi[i]:g}]"
+        )
+    if kind == 2:
+        return "hidden state outside the bounds the LTC solver keeps it in (corruption)"
+    lo, hi = space.action_domain
+    return (
+        f"action {space.action_names[i]!r} = {value:.6g} is outside its domain "
+        f"[{lo[i]:g}, {hi[i]:g}]"
+    )
+
+
+def reason_texts(bits: int, stale: list[str] | None = None) -> tuple[str, ...]:
+    """The C core's reason bits as the Python core's reason texts (`stale`: the stale topics,
+    for the text that names them)."""
+    out = []
+    for bit, text in REASON_BITS:
+        if bits & bit:
+            out.append(f"stale: {', '.join(stale)}" if text == "stale" and stale else text)
+    return tuple(out)
+
+
 class NativeSafetyCore:
     """`liquid_control.core.safety.SafetyCore` decided by the C core (same constructor, methods
     and `Command`s). The compiled control tick runs the C core directly; this class exists so
@@ -188,17 +217,7 @@ class NativeSafetyCore:
         return self._latch[1]
 
     def _latch_text(self, kind: int, i: int, value: float) -> str:
-        sp = self.space
-        if kind == 1:
-            lo, hi = sp.observation_domain
-            return (
-                f"observation {sp.observation_names[i]!r} = {value:.6g} is outside its "
-                f"domain [{lo[i]:g}, {hi[i]:g}]"
-            )
-        if kind == 2:
-            return "hidden state outside the bounds the LTC solver keeps it in (corruption)"
-        lo, hi = sp.action_domain
-        return f"action {sp.action_names[i]!r} = {value:.6g} is outside its domain [{lo[i]:g}, {hi[i]:g}]"
+        return latch_text(self.space, kind, i, value)
 
     @property
     def last_command(self) -> np.ndarray | None:

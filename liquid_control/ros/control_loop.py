@@ -14,6 +14,14 @@ push no valid sample out of the queue: the newest *valid* sample per topic is wh
 Messages the middleware dropped (gaps in each publisher's sequence numbers) and rejected ones are
 counted per topic, and a topic that floods is named in diagnostics.
 
+Where it is built for the running ROS install and covers the policy's message types, the tick
+runs compiled instead (``compiled_tick``, default true; ros/_ctick.c, prepared by
+`native_tick.build`): one C thread waits for the deadline, takes and decodes the inputs from rcl,
+runs the same safety decisions (csrc/safety.h, tested against core/safety.py) and the same LTC
+step as `Policy.step`, and publishes, without ever taking the interpreter lock; this module then
+only relays requests and events. The Python tick here is the fallback and the reference
+(test_native_tick.py compares their published bytes).
+
 ROS entities live on the companion node ``<name>_io``: input subscriptions, command publishers,
 ``~/observation`` (debug), the ``~/estop`` subscriptions and, with use_sim_time, /clock. Topic names
 arrive resolved (remapped) by the node; its logger is set to the node's level.
@@ -40,11 +48,13 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from std_msgs.msg import Bool, Float64MultiArray, MultiArrayDimension
 
+from liquid_control.core import native
 from liquid_control.core.adapters import ActionWriter, MessageRejected, ObservationAssembler
 from liquid_control.core.policy import Policy
 from liquid_control.core.safety import ActionSpace, EstopGate, InputSample, SafetyCore, TickInput
 from liquid_control.core.spec import InterfaceSpec
 
+from . import native_tick
 from .messages import (
     DEBUG_QOS,
     LATCHED_QOS,
@@ -409,7 +419,7 @@ class ControlLoop:
             node.get_logger().set_level(LoggingSeverity(int(config["log_level"])))
         self._period_s = float(config["period_s"])
         n_stats = LoopStats.size()
-        shared = np.zeros(n_stats + Heartbeat.SIZE) if shared is None else shared
+        shared = np.zeros(n_stats + Heartbeat.SIZE + spec.action_dim) if shared is None else shared
         self._stats = LoopStats(self._period_s, storage=shared[:n_stats])
         self.heartbeat = Heartbeat(shared[n_stats : n_stats + Heartbeat.SIZE])
         self._last_command = shared[n_stats + Heartbeat.SIZE :]  # read by the node's watchdog
@@ -459,7 +469,21 @@ class ControlLoop:
         self._estop_released_logged = False
         self._slow_warned: set[str] = set()
         self._clear_run_state()
-        self.inputs.start_reader()
+        # The compiled tick (ros/_ctick.c) where it covers this interface, else the Python tick.
+        self._ctick: Any = None
+        self._pump: Any = None
+        if self._settings.get("compiled_tick", True):
+            self._ctick, why = native_tick.build(self, shared)
+        else:
+            why = "compiled_tick is false"
+        if self._ctick is None:
+            self.tick_kind = f"python ({why})"
+            self.inputs.start_reader()
+        else:
+            self.tick_kind = "compiled"
+            self._pump = native_tick.EventPump(self)
+            self._pump.start()
+        node.get_logger().info(f"control tick: {self.tick_kind}")
         self._handlers = {
             Op.ACTIVATE: self._on_activate,
             Op.DEACTIVATE: self._on_deactivate,
@@ -520,20 +544,37 @@ class ControlLoop:
         self._settings = settings
         self.core.set_config(config)  # plain attribute writes, read by the next tick
         self.inputs.gate.required = bool(settings["estop_required_at_start"])
+        if self._ctick is not None:
+            self._ctick.set(
+                native.config_tuple(config),
+                self._enabled if "enabled" in values else None,
+                self.inputs.gate.required,
+                None,
+                bool(settings["debug"]),
+            )
 
     def _on_reset(self, request: Request) -> None:
         self._reset_requested = True
+        if self._ctick is not None:
+            self._ctick.reset()
 
     def _on_estop(self, request: Request) -> None:
         """The node's process heard an estop message (its participant may have discovered the
         estop publisher first): it counts as if this process had taken it."""
         engaged = bool(request.fields["engaged"])
+        if self._ctick is not None:
+            self._ctick.estop(engaged)
+            with self.inputs.lock:
+                self.inputs.gate.update(engaged)  # (the Python gate's view, for its texts)
+            return
         with self.inputs.lock:
             if self.inputs.gate.update(engaged):
                 self.inputs.estop_changes.append(engaged)
 
     def _on_swapping(self, request: Request) -> None:
         self._swapping = bool(request.fields["value"])
+        if self._ctick is not None:
+            self._ctick.set(None, None, None, self._swapping, None)
 
     def _queued(self, request: Request) -> None:
         """Requests that touch the loop's state: done by the control thread after a tick."""
@@ -548,6 +589,8 @@ class ControlLoop:
             self._swap(request)
         elif request.op is Op.STATS:
             self._reply(request, values=self._figures(request.fields.get("now_ns")))
+        elif request.op is Op.OBSERVATION and self._ctick is not None:
+            self._reply(request, raw=self._ctick.figures()["raw"])
         elif request.op is Op.OBSERVATION:
             with self.inputs.lock:
                 asm = self.inputs.assembler
@@ -564,6 +607,17 @@ class ControlLoop:
             self._last_error = f"swap failed: {exc}"
             self._swapping = False
             self._send(event_header(Ev.SWAP_FAILED, hash=info.get("hash"), error=str(exc)))
+            return
+        if self._ctick is not None:  # in use from the compiled tick's next tick (it reports)
+            try:
+                compiled = native_tick.policy_tuple(policy, space)
+            except ValueError as exc:
+                self._swapping = False
+                self._send(event_header(Ev.SWAP_FAILED, hash=info.get("hash"), error=str(exc)))
+                return
+            self.core.set_policy(policy, space)  # (the Python core: the policy's reference)
+            self._pump.swaps.append({"hash": info.get("hash"), "path": info.get("path")})
+            self._ctick.swap(compiled)
             return
         self.core.set_policy(policy, space)
         self._swaps += 1
@@ -596,6 +650,13 @@ class ControlLoop:
         self._last_publish_action: np.ndarray | None = None
 
     def _activate(self) -> None:
+        if self._ctick is not None:
+            gate = self.inputs.gate
+            if gate.remembered is not None:
+                self._ctick.remember_estop(bool(gate.remembered))
+            self._clear_run_state()
+            self._ctick.start()
+            return
         with self._tick_lock:
             self.core.restart()
             self._clear_run_state()
@@ -621,6 +682,11 @@ class ControlLoop:
 
     def _deactivate(self) -> None:
         """Stop the loop (waiting for a running tick) and publish the safe action once."""
+        if self._ctick is not None:
+            self._ctick.stop()  # (publishes the safe action if it was commanding)
+            self._waiting = True
+            self._publish_is_safe(True)
+            return
         thread, self._loop_thread = self._loop_thread, None
         if thread is not None:
             self._loop_stop.set()
@@ -636,6 +702,11 @@ class ControlLoop:
         gc.unfreeze()
 
     def shutdown(self) -> None:
+        if self._ctick is not None:
+            self._ctick.stop()
+            if self._pump is not None:
+                self._pump.stop()
+            self._ctick = None  # (its thread is stopped: the handles it used may go now)
         if self._loop_thread is not None:
             self._deactivate()
         self.inputs.stop_reader()
@@ -870,8 +941,19 @@ class ControlLoop:
         self._send(event_header(Ev.IS_SAFE, safe=safe))
 
     # -- figures for diagnostics -----------------------------------------------------------
+    def _sync_compiled(self, figures: dict[str, Any]) -> dict[str, Any]:
+        """The compiled tick's state into this loop's Python view of it (for diagnostics)."""
+        native_tick.sync_inputs(self.inputs, figures)
+        self._enabled = figures["enabled"]
+        self._non_finite_outputs = figures["non_finite"]
+        if figures["last_error"]:
+            self._last_error = figures["last_error"]
+        return figures
+
     def _figures(self, now_ns: int | None) -> dict[str, Any]:
         """The loop's state for diagnostics (its timing figures are in the shared LoopStats)."""
+        if self._ctick is not None:
+            return self._compiled_figures(now_ns)
         now_s = (now_ns if now_ns is not None else self.clock.latest_ns()) * 1e-9
         timeout_s = self.core.config.sensor_timeout_s
         with self.inputs.lock:
@@ -886,6 +968,7 @@ class ControlLoop:
             estop, detail = self.inputs.gate.state(time.monotonic(), 0)
         return {
             "control_thread": self._realtime_status,
+            "control_tick": self.tick_kind,
             "stale_inputs": ", ".join(stale),
             "missing_inputs": missing,
             "waiting_for_inputs": self._waiting,
@@ -903,6 +986,46 @@ class ControlLoop:
             "swaps": self._swaps,
             "loop_error": self._last_error,
         }
+
+    def _compiled_figures(self, now_ns: int | None) -> dict[str, Any]:
+        f = self._sync_compiled(self._ctick.figures())
+        now_s = (now_ns if now_ns is not None else f["clock_ns"]) * 1e-9
+        timeout_s = self.core.config.sensor_timeout_s
+        with self.inputs.lock:
+            asm = self.inputs.assembler
+            stale = asm.stale(now_s, timeout_s)
+            missing = asm.missing()
+            rejected: Counter[str] = Counter()
+            for e in self.inputs.subs:
+                rejected.update(e.figures.rejected)
+            last_rejection = dict(self.inputs.last_rejection)
+            figures = self.inputs.figures(now_s, timeout_s)
+        estop = f["estop"]
+        detail = ESTOP_DETAIL[f["estop_detail"]].format(topic=self.inputs.estop_topic)
+        reasons = native.reason_texts(f["reasons"], stale)
+        return {
+            "control_thread": f["control_thread"],
+            "control_tick": self.tick_kind,
+            "stale_inputs": ", ".join(stale),
+            "missing_inputs": missing,
+            "waiting_for_inputs": f["waiting"],
+            "safe_action_active": bool(f["safe_now"]),
+            "safe_action_reasons": "; ".join(reasons),
+            "estop": "unknown" if estop is None else estop,
+            "estop_detail": detail,
+            "enabled": f["enabled"],
+            "latched": native.latch_text(self.core.space, *f["latch"]),
+            "rejected_total": sum(rejected.values()),
+            **{f"rejected_{r}": n for r, n in sorted(rejected.items())},
+            **{f"last_rejection_{r}": d for r, d in sorted(last_rejection.items())},
+            **figures,
+            "non_finite_outputs": f["non_finite"],
+            "swaps": f["swaps"],
+            "loop_error": f["last_error"],
+        }
+
+
+ESTOP_DETAIL = native_tick.ESTOP_DETAILS
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,9 @@ asks to quit; the loop is stopped safely on the way out (the safe action is publ
 was commanding), however the node went away.
 
     python -m liquid_control.ros.control_process <request fd> <event fd> <shared memory fd>
+
+``LIQUID_CONTROL_GIL_LOAD=N`` in the environment (for benchmarks/ros_loop.py) starts N Python
+threads that keep the interpreter lock busy, to measure which control tick depends on it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     # Short interpreter-lock slices: the control thread never waits long for the other threads.
     sys.setswitchinterval(5e-5)
+    _gil_load(int(os.environ.get("LIQUID_CONTROL_GIL_LOAD", "0") or 0))
     pipe = Pipe(int(argv[0]), int(argv[1]))
     shared_fd = int(argv[2])
     shared = mmap.mmap(shared_fd, os.fstat(shared_fd).st_size)
@@ -76,6 +80,20 @@ def main(argv: list[str] | None = None) -> int:
         rclpy.try_shutdown()
         pipe.close()
     return 0
+
+
+def _gil_load(threads: int) -> None:
+    """Benchmark option: `threads` daemon threads running pure-Python loops."""
+    import threading
+
+    def spin() -> None:
+        x = 0
+        while True:
+            for k in range(10_000):
+                x ^= k
+
+    for _ in range(max(0, threads)):
+        threading.Thread(target=spin, name="gil_load", daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -6,10 +6,26 @@ the tick alone (see liquid_control/ros/_ctick.c).
   `wire.decoder_for` walks it) and the spec's elements for the topic (as the message table's
   reader reads them). `Unsupported` where the compiled path does not cover the type (wide
   strings, chars, a reader kind it lacks): the loop then keeps the Python tick.
+- `tick_module()`: the `_ctick_<hash>` build for the ROS install in use (the hash names the
+  install's prefix; a build for another install is never imported).
+- `build(loop)`: a started-ready `Tick` for a `ControlLoop` (its subscriptions, publishers,
+  templates, policy, safety settings and shared memory), or (None, why not).
+- `EventPump`: the thread that forwards the tick's events (is_safe, commanding, estop, swaps,
+  rejections, safety events) to the node and the log, outside the tick.
+
+What the compiled tick does not cover keeps the Python tick (the reference; both are tested on
+the same input streams): a message type outside the compiled readers, an output whose values are
+not plain float64 fields, the compiled LTC core missing, or ``compiled_tick: false``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import os
+import threading
+import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +42,9 @@ from rosidl_parser.definition import (
     NamespacedType,
 )
 
+from liquid_control.core import native
+
+from .messages import message_class
 from .wire import _BASIC, Unsupported, _class_of
 
 # csrc/cdr.h
@@ -169,3 +188,255 @@ def reader_description(cls: type, elements: Sequence[Any], max_bytes: int) -> tu
     transform = np.array([_TRANSFORMS[e.transform] for e in elements], np.int64)
     ops = np.array(program.ops, np.int32).reshape(-1)
     return (ops, kind, k, index, sectors, need, field, keys, transform, int(max_bytes))
+
+
+# --------------------------------------------------------------------------------------------
+# The compiled tick of a control loop
+# --------------------------------------------------------------------------------------------
+EV_IS_SAFE, EV_COMMANDING, EV_ESTOP, EV_SWAPPED, EV_REJECTED, EV_SAFETY = 1, 2, 3, 4, 5, 6
+EV_NON_FINITE, EV_ERROR, EV_SCHEDULING, EV_WAITING, EV_ESTOP_RELEASED = 7, 8, 9, 10, 11
+ESTOP_DETAILS = (
+    "",
+    "waiting for an estop message on {topic} (estop_required_at_start)",
+    "waiting for the latched sample of the estop publisher on {topic}",
+    "looking for a latched estop publisher on {topic}",
+)
+
+
+def tick_module() -> tuple[Any, str]:
+    """(the `_ctick_<hash>` module built for the ROS install whose rclpy runs here, '') or
+    (None, why not)."""
+    if native.load() is None:
+        return None, f"the compiled LTC core is {native.why_not()}"
+    import rclpy
+
+    here = os.path.dirname(os.path.realpath(rclpy.__file__))
+    package = os.path.dirname(os.path.abspath(__file__))
+    built = {f.split(".")[0] for f in os.listdir(package) if f.startswith("_ctick_")}
+    prefix = here
+    while prefix != os.path.dirname(prefix):
+        prefix = os.path.dirname(prefix)
+        name = "_ctick_" + hashlib.sha1(prefix.encode()).hexdigest()[:10]
+        if name in built:
+            try:
+                return importlib.import_module(f"liquid_control.ros.{name}"), ""
+            except ImportError as exc:
+                return None, f"its build for {prefix} does not load ({exc})"
+    if not built:
+        return None, "not built (no ROS 2 C headers where it was installed)"
+    return None, f"not built for the ROS install of {here}"
+
+
+def _space(space: Any) -> tuple:
+    return native.space_tuple(space)
+
+
+def policy_tuple(policy: Any, space: Any) -> tuple:
+    """A `Policy` with its compiled network, as `Tick` takes it (ValueError without one)."""
+    net = getattr(policy, "_net", None)
+    if net is None:
+        raise ValueError("the policy has no compiled network")
+    return (
+        net,
+        np.ascontiguousarray(policy.state_low, np.float64),
+        np.ascontiguousarray(policy.state_high, np.float64),
+        float(policy.time_unit_s),
+        _space(space),
+    )
+
+
+def build(loop: Any, shared: np.ndarray) -> tuple[Any, str]:
+    """(a `Tick` for `loop`, '') or (None, why the Python tick runs instead)."""
+    module, why = tick_module()
+    if module is None:
+        return None, f"the compiled tick is {why}"
+    spec, settings = loop.spec, loop._settings
+    max_bytes = int(settings["max_input_bytes"])
+    inputs = []
+    try:
+        for entry in loop.inputs.subs:
+            elements = [e for e in spec.observations if e.topic == entry.topic]
+            cls = message_class(elements[0].msg_type)
+            reader = reader_description(cls, elements, max_bytes)
+            slots = np.ascontiguousarray(loop.inputs.assembler.readers[entry.topic].slots, np.int64)
+            inputs.append((entry.sub.handle.pointer, reader, slots))
+    except Unsupported as exc:
+        return None, f"the compiled tick does not read this input ({exc})"
+    outputs = []
+    for out in loop._outputs:
+        if out.template is None:
+            return None, f"the compiled tick cannot write {out.msg_type} (not plain float64 values)"
+        outputs.append(_template_tuple(out.publisher, out.template, out.slots))
+    if loop._debug_template is None:
+        return None, "the debug message has no serialized template"
+    debug = _template_tuple(loop._pub_debug, loop._debug_template, None)
+    try:
+        policy = policy_tuple(loop.core.policy, loop.core.space)
+    except ValueError as exc:
+        return None, f"the compiled tick needs a compiled policy ({exc})"
+    gate = loop.inputs.gate
+    from .stats import Heartbeat, LogHistogram, LoopStats
+
+    n_stats = LoopStats.size()
+
+    clock_sub = loop.clock._sub
+    period = loop._period_s
+    config = {
+        "inputs": inputs,
+        "outputs": outputs,
+        "debug": debug,
+        "estop": (
+            loop.inputs.estop_subs[0].handle.pointer,
+            loop.inputs.estop_subs[1].handle.pointer,
+            bool(gate.required),
+            float(gate.discovery_s),
+            -1 if gate.remembered is None else int(bool(gate.remembered)),
+        ),
+        "clock": None if clock_sub is None else clock_sub.handle.pointer,
+        "safety": (native.config_tuple(loop.core.config), float(loop.core.period_s)),
+        "policy": policy,
+        "shared": (
+            shared,
+            0,
+            n_stats,
+            n_stats,
+            n_stats + Heartbeat.SIZE,
+            8192,
+            LogHistogram._bins(),
+            LogHistogram.LO,
+            LogHistogram.PER_DECADE,
+        ),
+        "timing": (
+            period,
+            min(period / 4, 5e-4),
+            TAKE_BUDGET * period,
+            int(settings["max_messages_per_tick"]),
+            float(settings["input_wait_timeout_s"]),
+            int(loop._realtime_priority),
+            [int(c) for c in loop._cpu_affinity],
+            spec.obs_dim,
+            spec.action_dim,
+            bool(settings["debug"]),
+            bool(loop._enabled),
+        ),
+    }
+    try:
+        return module.Tick(config), ""
+    except (ValueError, TypeError, KeyError, OSError) as exc:
+        return None, f"the compiled tick could not be set up ({exc})"
+
+
+TAKE_BUDGET = 0.25  # (control_loop.TAKE_BUDGET: the share of a period for taking inputs)
+
+
+def _template_tuple(publisher: Any, template: Any, slots: Any) -> tuple:
+    offsets = np.ascontiguousarray(template._index[:, 0], np.int64)
+    return (
+        publisher.handle.pointer,
+        bytes(template._buf),
+        offsets,
+        None if slots is None else np.ascontiguousarray(slots, np.int64),
+    )
+
+
+class EventPump:
+    """Forwards the compiled tick's events to the node (pipe) and the log, and keeps the loop's
+    Python view of the inputs (figures, receive times) in step for diagnostics."""
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+        self.swaps: list[dict[str, Any]] = []  # (hash, path) of swaps handed to the tick
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tick_events", daemon=True)
+        self._last_sync = 0.0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+
+    def _run(self) -> None:
+        loop = self.loop
+        while not self._stop.is_set():
+            try:
+                for event in loop._ctick.events(0.05):
+                    self.handle(*event)
+                if time.monotonic() - self._last_sync > 0.25:
+                    self._last_sync = time.monotonic()
+                    loop._sync_compiled(loop._ctick.figures())
+                    loop._log_inputs([])
+            except Exception as exc:  # noqa: BLE001 (the pump must outlive any bad event)
+                loop.node.get_logger().error(
+                    f"compiled tick events: {type(exc).__name__}: {exc}", throttle_duration_sec=1.0
+                )
+
+    def handle(self, kind: int, topic: int, a: float, tick: int, text: str) -> None:
+        from .protocol import Ev, event_header
+
+        loop = self.loop
+        log = loop.node.get_logger()
+        if kind == EV_IS_SAFE:
+            loop._publish_is_safe(bool(a))
+        elif kind == EV_COMMANDING:
+            loop._waiting = False
+            loop._send(event_header(Ev.COMMANDING))
+        elif kind == EV_ESTOP:
+            engaged = bool(a)
+            loop._send(event_header(Ev.ESTOP, engaged=engaged))
+            if engaged:
+                log.warning("estop engaged: holding the safe action")
+            else:
+                log.info("estop released")
+        elif kind == EV_SWAPPED:
+            info = self.swaps.pop(0) if self.swaps else {}
+            loop._swaps += 1
+            loop._swapping = False
+            loop._send(event_header(Ev.SWAPPED, hash=info.get("hash"), path=info.get("path")))
+        elif kind == EV_REJECTED:
+            name = loop.inputs.subs[topic].topic if 0 <= topic < len(loop.inputs.subs) else "?"
+            log.warning(f"rejected a message on {name}: {text}", throttle_duration_sec=1.0)
+        elif kind == EV_SAFETY:
+            log.warning(text, throttle_duration_sec=1.0)
+        elif kind == EV_NON_FINITE:
+            loop._last_error = text
+            log.error(text, throttle_duration_sec=1.0)
+        elif kind == EV_SCHEDULING:
+            loop._realtime_status = text
+            (log.warning if "refused" in text else log.info)(f"control thread: {text}")
+        elif kind == EV_WAITING:
+            loop._sync_compiled(loop._ctick.figures())
+            with loop.inputs.lock:
+                missing = loop.inputs.never_heard()
+            wait_s = float(loop._settings["input_wait_timeout_s"])
+            log.warning(
+                f"no message yet after {wait_s:g} s on {', '.join(missing)}: not commanding "
+                "(a topic with 0 publishers has nobody publishing it: check the robot's topics, "
+                "remappings and the policy's robot)"
+            )
+        elif kind == EV_ESTOP_RELEASED:
+            g = loop.inputs.gate
+            why = (
+                "an estop message",
+                "the state the node heard",
+                f"no latched estop publisher found in {g.discovery_s:g} s",
+            )[int(a)]
+            log.info(f"estop released ({why})")
+        elif kind == EV_ERROR:
+            log.error(f"compiled tick: {int(a)} {text}", throttle_duration_sec=1.0)
+
+
+def sync_inputs(inputs: Any, figures: dict[str, Any]) -> None:
+    """Copy the compiled tick's input figures into the loop's `InputPath` (under its lock), so
+    its diagnostics code reads them as it reads its own."""
+    with inputs.lock:
+        for entry, f in zip(inputs.subs, figures["inputs"], strict=True):
+            fig = entry.figures
+            fig.taken, fig.valid, fig.dropped = f["taken"], f["valid"], f["dropped"]
+            fig.rejected = Counter(f["rejected"])
+            fig.interval_s = f["interval_s"]
+            fig.senders = {b"compiled": None} if f["senders"] else {}  # (drop counts reported)
+            inputs.assembler.last_update_s[entry.topic] = f["received_s"]
+            for reason, detail in f["details"].items():
+                inputs.last_rejection[reason] = f"{entry.topic}: {detail}"

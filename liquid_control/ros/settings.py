@@ -249,6 +249,16 @@ SETTINGS: tuple[Setting, ...] = (
         "loop",
     ),
     Setting(
+        "compiled_tick",
+        True,
+        "Run the control tick in compiled C (liquid_control/ros/_ctick.c: inputs, safety core, "
+        "LTC step and publishing outside the Python interpreter lock) where it was built for this "
+        "ROS install and covers the policy's message types; false = the Python tick. "
+        "Diagnostics' control_thread says which one runs.",
+        "loop",
+        read_only=True,
+    ),
+    Setting(
         "realtime_priority",
         0,
         "SCHED_FIFO priority (1-99) of the control thread; 0 = normal scheduling. Needs "

@@ -146,5 +146,15 @@ static void policy_step(const ltc_net *net, const double *obs, double *v, double
     }
 }
 
+/* What the Net capsule holds (Net.capsule()): the network and the step compiled in _cltc, so
+ * the compiled control tick runs the very same machine code as Policy.step. */
+typedef void (*policy_step_fn)(const ltc_net *, const double *, double *, double, double *, int,
+                               double *, double *, double *, double *, double *, double *,
+                               double *);
+typedef struct {
+    ltc_net *net;
+    policy_step_fn step;
+} ltc_handle;
+#define LTC_HANDLE_CAPSULE "liquid_control.core._cltc.ltc_handle"
 
 #endif
