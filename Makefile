@@ -11,7 +11,7 @@ STAMP_JAZZY := $(VENV_JAZZY)/.installed
 TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: venv venv-jazzy native native-jazzy test test-kilted test-jazzy test-fast bench demo train-demo lint format clean
+.PHONY: venv venv-jazzy native native-jazzy test test-fallback test-kilted test-jazzy test-fast bench demo train-demo lint format clean
 
 venv: $(STAMP)
 
@@ -30,8 +30,10 @@ $(STAMP_JAZZY): setup.py
 	$(PY_JAZZY) -m pip install --quiet -e ".[ros-jazzy,sim,test-ros]"
 	touch $(STAMP_JAZZY)
 
-# Everything on Kilted, then every ROS test (-m ros) again on Jazzy.
-test: test-kilted test-jazzy
+# Everything on Kilted, then every ROS test (-m ros) again on Jazzy, then the policy node's tests
+# with the compiled core switched off (LIQUID_CONTROL_NATIVE=0: the numpy runtime and the Python
+# tick, the fallback where no compiler or ROS headers exist).
+test: test-kilted test-jazzy test-fallback
 
 # The compiled LTC core and the compiled control tick, built in place (a no-op when up to date;
 # without a compiler the package runs on its numpy and torch paths and the Python tick). The tick
@@ -47,6 +49,9 @@ test-kilted: venv native
 
 test-jazzy: venv-jazzy native native-jazzy
 	$(PY_JAZZY) -m pytest test -m ros $(PYTEST_ARGS)
+
+test-fallback: venv
+	LIQUID_CONTROL_NATIVE=0 $(PY) -m pytest test/test_policy_node.py test/test_policy_node_safety.py test/test_native.py $(PYTEST_ARGS)
 
 test-fast: venv
 	$(PY) -m pytest test -m "not slow" $(PYTEST_ARGS)

@@ -319,6 +319,34 @@ def run_stalls(
         sensors.stop()
 
 
+def floor(rates: list[float], priorities: list[int], seconds: float = 10.0) -> None:
+    """The machine's floor, measured now: a bare periodic C thread (clock_nanosleep to absolute
+    deadlines, nothing else) at each rate and priority. No loop can beat its period error and
+    missed ticks on this machine; on a VM they come from the hypervisor, not from the code."""
+    from liquid_control.ros.native_tick import tick_module
+
+    module, why = tick_module()
+    if module is None:
+        print(f"# (no floor measurement: the compiled tick is {why})")
+        return
+    print("# the floor: a bare periodic C thread, no ROS, same machine, just now")
+    for rate in rates:
+        for priority in priorities:
+            try:
+                periods = np.array(module.bare_loop(1.0 / rate, int(seconds * rate), priority))
+            except PermissionError as exc:
+                print(f"# {rate:7.0f} Hz prio {priority:2d}: {exc}")
+                continue
+            err = np.abs(periods - 1.0 / rate) * 1e3
+            late = periods[periods > 1.5 / rate]
+            missed = int(np.sum(np.round(late * rate) - 1))
+            print(
+                f"# {rate:7.0f} Hz prio {priority:2d}: period error p50 {np.percentile(err, 50):.3f} "
+                f"p99 {np.percentile(err, 99):.3f} max {err.max():.2f} ms, {missed} missed in "
+                f"{periods.size + 1} ticks"
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rates", type=float, nargs="+", default=[100.0, 500.0, 1000.0])
@@ -416,6 +444,7 @@ def main() -> None:
             )
     for priority, thread in threads.items():
         print(f"# prio {priority}: control thread {thread}")
+    floor(args.rates, args.realtime_priority)
     if args.stalls:
         print(
             "# stall -> first safe command (the node's watchdog; watchdog_timeout_s "

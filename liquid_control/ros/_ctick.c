@@ -1229,6 +1229,61 @@ static PyMethodDef Tick_methods[] = {
     {"figures", (PyCFunction)Tick_figures, METH_NOARGS, "the loop's state, for diagnostics"},
     {NULL, NULL, 0, NULL}};
 
+/* bare_loop(period_s, ticks, priority) -> [periods]: the machine's floor for a periodic thread
+ * (clock_nanosleep to absolute deadlines at SCHED_FIFO `priority`, nothing else), the anchor
+ * benchmarks/ros_loop.py measures in the same run as the ticks. */
+static PyObject *bare_loop(PyObject *mod, PyObject *args) {
+    double period_s;
+    int n, priority;
+    if (!PyArg_ParseTuple(args, "dii", &period_s, &n, &priority)) return NULL;
+    if (n < 2 || n > 10000000 || !(period_s > 0)) {
+        PyErr_SetString(PyExc_ValueError, "bare_loop: expected period_s > 0 and 2 <= ticks <= 1e7");
+        return NULL;
+    }
+    double *periods = malloc((size_t)n * sizeof(double));
+    if (!periods) return PyErr_NoMemory();
+    int64_t period = (int64_t)llround(period_s * 1e9);
+    int refused = 0;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_t self = pthread_self();
+    int policy;
+    struct sched_param old;
+    pthread_getschedparam(self, &policy, &old);
+    if (priority > 0) {
+        struct sched_param sp = {.sched_priority = priority};
+        refused = pthread_setschedparam(self, SCHED_FIFO, &sp) != 0;
+    }
+    int64_t deadline = real_ns() + period, prev = 0;
+    for (int i = 0; i < n; i++) {
+        sleep_until_real(deadline);
+        int64_t now = real_ns();
+        periods[i] = prev ? (double)(now - prev) * 1e-9 : NAN;
+        prev = now;
+        deadline += period;
+        if (now >= deadline) deadline += ((now - deadline) / period) * period;
+    }
+    pthread_setschedparam(self, policy, &old);
+    Py_END_ALLOW_THREADS
+    PyObject *out = PyList_New(0);
+    for (int i = 1; out && i < n; i++) {
+        PyObject *v = PyFloat_FromDouble(periods[i]);
+        if (!v || PyList_Append(out, v) < 0) { Py_XDECREF(v); Py_CLEAR(out); }
+        else Py_DECREF(v);
+    }
+    free(periods);
+    if (out && refused) {
+        Py_DECREF(out);
+        PyErr_Format(PyExc_PermissionError, "bare_loop: SCHED_FIFO priority %d refused", priority);
+        return NULL;
+    }
+    return out;
+}
+
+static PyMethodDef module_methods[] = {
+    {"bare_loop", bare_loop, METH_VARARGS,
+     "bare_loop(period_s, ticks, priority) -> periods of a bare periodic thread (the floor)"},
+    {NULL, NULL, 0, NULL}};
+
 static PyTypeObject TickType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "liquid_control.ros." STR(CTICK_MODULE) ".Tick",
     .tp_basicsize = sizeof(Tick),
@@ -1241,7 +1296,8 @@ static PyTypeObject TickType = {
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, STR(CTICK_MODULE),
-                                    "The compiled control tick (see _ctick.c).", -1, NULL};
+                                    "The compiled control tick (see _ctick.c).", -1,
+                                    module_methods};
 
 PyMODINIT_FUNC CAT(PyInit_, CTICK_MODULE)(void) {
     if (PyType_Ready(&TickType) < 0) return NULL;
