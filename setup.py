@@ -54,7 +54,13 @@ NATIVE = Extension(
     ],
     # -fno-trapping-math and -fno-math-errno let the exp and sigmoid loops vectorise (no FP
     # traps are used; NaN and Inf propagate as usual).
-    extra_compile_args=["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Wno-unused-function"],
+    extra_compile_args=[
+        "-O3",
+        "-fopenmp",
+        "-fno-math-errno",
+        "-fno-trapping-math",
+        "-Wno-unused-function",
+    ],
     extra_link_args=["-fopenmp"],
 )
 
