@@ -1,6 +1,8 @@
 """The deploy core: numpy only (no torch, no ROS).
 
-Wiring, LTC runtime, interface spec, message adapters and the policy file.
+Wiring, LTC runtime, interface spec, message adapters and the policy file. `native` is the
+compiled core (`_cltc.c` and `csrc/`: the LTC step and training kernel, the safety core and the
+input decoder in C), with these numpy modules as its fallback and reference.
 """
 
 from .adapters import ActionWriter, MessageRejected, ObservationAssembler
