@@ -27,10 +27,9 @@ def category(reason: str) -> str:
     """A Python reason as the C core words it (its cause, without the details)."""
     if reason.startswith("latched: "):
         return reason
-    for _bit, text in native.REASON_BITS:
-        if reason.startswith(text):
-            return text
-    raise AssertionError(f"unknown reason {reason!r}")
+    cause = native.reason_category(reason)
+    assert cause != "other", f"unknown reason {reason!r}"
+    return cause
 
 
 def run_both(space, config, outputs, healthy, ticks, swap_space=None):

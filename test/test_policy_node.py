@@ -308,9 +308,12 @@ def test_bad_messages_are_rejected_counted_and_never_reach_the_policy(rig, case,
     assert "rejected a message on /joint_states" in rig.node.log()
     rows = debug_rows(rig.debug.since(t0))
     assert rows, "no ticks while bad messages arrived"
+    safe = [r["tick"] for r in rows if is_safe_cmd(r["action"])]
     for r in rows:
         assert np.isfinite(r["obs"]).all() and marker not in r["obs"]
-        assert not is_safe_cmd(r["action"])  # good data keeps flowing, the policy keeps running
+    # good data keeps flowing, the policy keeps running
+    causes = {k: v for k, v in latest_diagnostics(rig).items() if k.startswith("safe_ticks_")}
+    assert not safe, f"safe action at ticks {safe} of {len(rows)}; safe ticks so far: {causes}"
 
 
 def test_stale_inputs_give_the_safe_action_within_a_period_then_resume_with_reset(rig, files):
@@ -327,6 +330,7 @@ def test_stale_inputs_give_the_safe_action_within_a_period_then_resume_with_rese
     rig.h.wait_for(lambda: rig.is_safe.last.data is True, 3.0, "is_safe true", rig.node)
     diag = latest_diagnostics(rig)
     assert "/joint_states" in diag["stale_inputs"] and diag["safe_action_active"] == "True"
+    assert int(diag["safe_ticks_stale"]) >= 1, diag  # the safe ticks counted by their cause
     time.sleep(0.3)
     assert all(is_safe_cmd(m.data) for m in rig.cmd.since(time.monotonic() - 0.2))
 

@@ -158,6 +158,14 @@ def latch_text(space: Any, kind: int, i: int, value: float) -> str:
     )
 
 
+def reason_category(reason: str) -> str:
+    """The cause of a Python reason text, as `REASON_BITS` names it ("stale: /a" -> "stale")."""
+    for _bit, text in REASON_BITS:
+        if reason.startswith(text):
+            return text
+    return "other"
+
+
 def reason_texts(bits: int, stale: list[str] | None = None) -> tuple[str, ...]:
     """The C core's reason bits as the Python core's reason texts (`stale`: the stale topics,
     for the text that names them)."""

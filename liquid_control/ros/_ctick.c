@@ -145,6 +145,7 @@ typedef struct {
     int reasons, enabled, reset_requested, swapping, estop_released_logged;
     double waiting_since, last_waiting_event;
     int64_t non_finite, swaps, ticks;
+    int64_t safe_ticks[16]; /* published safe ticks by reason bit (SC_*), for diagnostics */
     char last_error[240];
     /* requests from Python (under the lock), applied at the next tick */
     int pending_swap, pending_config, pending_reset, pending_enabled, pending_estop;
@@ -572,6 +573,9 @@ static void tick_once(Tick *t, int64_t now_ns) {
             snprintf(t->last_error, sizeof t->last_error, "non-finite policy output; hidden state reset");
             push_event(t, EV_NON_FINITE, -1, 0, t->last_error);
         }
+        if (!res.commanding)
+            for (int b = 0; b < 16; b++)
+                if (res.reasons & (1 << b)) t->safe_ticks[b]++;
         publish_action(t, t->action);
         if (t->waiting) {
             t->waiting = 0;
@@ -1163,6 +1167,8 @@ static PyObject *Tick_figures(Tick *t, PyObject *unused) {
     int latch = t->core.latch, latch_index = t->core.latch_index;
     double latch_value = t->core.latch_value;
     int64_t non_finite = t->non_finite, swaps = t->swaps, ticks = t->ticks;
+    int64_t safe_ticks[16];
+    memcpy(safe_ticks, t->safe_ticks, sizeof safe_ticks);
     char last_error[240], sched[240];
     memcpy(last_error, t->last_error, sizeof last_error);
     memcpy(sched, t->sched_status, sizeof sched);
@@ -1204,8 +1210,12 @@ static PyObject *Tick_figures(Tick *t, PyObject *unused) {
     }
     free(raw);
     if (!o_raw) { Py_DECREF(inputs); return NULL; }
+    PyObject *o_safe = PyList_New(16);
+    for (int b = 0; o_safe && b < 16; b++) PyList_SET_ITEM(o_safe, b, PyLong_FromLongLong(safe_ticks[b]));
+    if (!o_safe) { Py_DECREF(inputs); Py_DECREF(o_raw); return NULL; }
     return Py_BuildValue(
-        "{s:N,s:N,s:O,s:O,s:i,s:O,s:(iid),s:L,s:L,s:L,s:s,s:s,s:O,s:i,s:L}", "inputs", inputs,
+        "{s:N,s:N,s:N,s:O,s:O,s:i,s:O,s:(iid),s:L,s:L,s:L,s:s,s:s,s:O,s:i,s:L}", "inputs", inputs,
+        "safe_ticks", o_safe,
         "raw", o_raw, "waiting", waiting ? Py_True : Py_False, "safe_now",
         safe_now < 0 ? Py_None : (safe_now ? Py_True : Py_False), "reasons", reasons, "enabled",
         enabled ? Py_True : Py_False, "latch", latch, latch_index, latch_value, "non_finite",

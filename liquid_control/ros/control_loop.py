@@ -468,6 +468,7 @@ class ControlLoop:
         self._reset_requested = False
         self._estop_released_logged = False
         self._slow_warned: set[str] = set()
+        self._safe_ticks: Counter[str] = Counter()  # published safe ticks by cause
         self._clear_run_state()
         # The compiled tick (ros/_ctick.c) where it covers this interface, else the Python tick.
         self._ctick: Any = None
@@ -848,6 +849,8 @@ class ControlLoop:
             self._non_finite_outputs += 1
             self._last_error = f"non-finite policy output {np.asarray(cmd.raw_action).tolist()}; hidden state reset"
             self.node.get_logger().error(self._last_error, throttle_duration_sec=1.0)
+        if not cmd.commanding:
+            self._safe_ticks.update(native.reason_category(r) for r in cmd.reasons)
         self._publish_action(cmd.action)
         if self._waiting:
             self._waiting = False
@@ -983,6 +986,7 @@ class ControlLoop:
             **{f"last_rejection_{r}": d for r, d in sorted(last_rejection.items())},
             **figures,
             "non_finite_outputs": self._non_finite_outputs,
+            **_safe_tick_figures(self._safe_ticks),
             "swaps": self._swaps,
             "loop_error": self._last_error,
         }
@@ -1020,12 +1024,25 @@ class ControlLoop:
             **{f"last_rejection_{r}": d for r, d in sorted(last_rejection.items())},
             **figures,
             "non_finite_outputs": f["non_finite"],
+            **_safe_tick_figures(
+                Counter({t: f["safe_ticks"][k] for k, (_, t) in enumerate(native.REASON_BITS)})
+            ),
             "swaps": f["swaps"],
             "loop_error": f["last_error"],
         }
 
 
 ESTOP_DETAIL = native_tick.ESTOP_DETAILS
+
+
+def _safe_tick_figures(counts: Counter[str]) -> dict[str, int]:
+    """safe_ticks_<cause>: how many published commands were the safe action, by cause (a tick
+    with two causes counts for both)."""
+    return {
+        "safe_ticks_" + cause.replace(" ", "_").replace("-", "_"): int(n)
+        for cause, n in sorted(counts.items())
+        if n
+    }
 
 
 @dataclass(frozen=True)
