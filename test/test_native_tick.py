@@ -128,6 +128,11 @@ def test_compiled_and_python_ticks_publish_the_same_bytes(tmp_path):
                 "discovery",
             )
             time.sleep(1.0)
+            # Both loops must hold the starting time before the first sensor message: a sample
+            # is stamped with the newest /clock its loop has taken (best effort: say it often).
+            for _ in range(25):
+                send_clock()
+                time.sleep(0.02)
             # which tick each runs (their logs; a Python tick serves no figures while the
             # clock stands still)
             for node, text in zip(
@@ -142,7 +147,7 @@ def test_compiled_and_python_ticks_publish_the_same_bytes(tmp_path):
                 if msg is not None:
                     for k in KINDS:
                         js[k].publish(msg)
-                time.sleep(0.015)  # both take it (the reader thread, the compiled tick's poll)
+                time.sleep(0.04)  # both take it (the reader thread, the compiled tick's poll)
                 before = {k: len(cmd[k]) for k in KINDS}
                 now_ns += PERIOD_NS + int(jump * 1e9)
                 send_clock()
@@ -152,16 +157,18 @@ def test_compiled_and_python_ticks_publish_the_same_bytes(tmp_path):
                     f"both nodes' commands of step {i} ({before}, {[len(cmd[k]) for k in KINDS]})",
                 )
             time.sleep(0.2)
+            # what the stream produced (not what stopping the nodes publishes: while one node
+            # stops, the other's watchdog may see its /clock stopped and publish safe actions)
+            a, b = list(cmd["py"].since(0)), list(cmd["c"].since(0))
+            da, db = list(dbg["py"].since(0)), list(dbg["c"].since(0))
         finally:
             for n in nodes:
                 n.stop()
-        a, b = list(cmd["py"].since(0)), list(cmd["c"].since(0))
         assert len(a) == len(b) >= 170, (len(a), len(b))
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert serialize_message(x) == serialize_message(y), (
                 f"command {i}: {x.data} != {y.data}"
             )
-        da, db = list(dbg["py"].since(0)), list(dbg["c"].since(0))
         assert len(da) == len(db)
         for i, (x, y) in enumerate(zip(da, db, strict=True)):
             assert serialize_message(x) == serialize_message(y), (
