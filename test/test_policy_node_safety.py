@@ -122,7 +122,12 @@ def test_a_latched_estop_holds_from_the_first_tick_and_through_a_reconfigure(tmp
     published while the estop is engaged: not at start-up (estop required or not), not after
     deactivate -> cleanup -> configure -> activate."""
     with estop_publisher_process(True, tmp_path) as estop, Harness("safety_estop") as h:
-        time.sleep(1.0)  # the estop node is up before the policy node starts
+        # The estop node is up before the policy node starts (with estop_required_at_start
+        # false, an estop publisher that appears later than estop_discovery_s is, by design,
+        # not waited for).
+        h.wait_for(
+            lambda: h.node.count_publishers(f"{NODE}/estop") >= 1, 30.0, "the estop node", estop
+        )
         rig = Rig(tmp_path, h, {"estop_required_at_start": required})
         with rig.node:
             t0 = time.monotonic()

@@ -64,6 +64,7 @@ from .messages import (
     message_class,
     output_qos,
 )
+from .native_tick import TAKE_BUDGET
 from .protocol import Ev, Op, Pipe, ProtocolError, Request, event_header, parse_request
 from .settings import LOOP_SETTINGS, safety_config
 from .stats import Heartbeat, LoopStats
@@ -77,8 +78,6 @@ READER_BATCH = 8
 # A publisher whose last QUARANTINE_AFTER messages were all rejected is not decoded for
 # QUARANTINE_S (see TopicFigures).
 QUARANTINE_AFTER, QUARANTINE_S = 50, 1.0
-# The share of a control period a tick may spend taking input messages.
-TAKE_BUDGET = 0.25
 # A flood: rejected messages above this rate on one topic (per second).
 FLOOD_REJECTED_HZ = 100.0
 

@@ -45,7 +45,11 @@ from rosidl_parser.definition import (
 from liquid_control.core import native
 
 from .messages import message_class
+from .stats import WINDOW, Heartbeat, LogHistogram, LoopStats
 from .wire import _BASIC, Unsupported, _class_of
+
+# The share of a control period a tick may spend taking input messages (both ticks).
+TAKE_BUDGET = 0.25
 
 # csrc/cdr.h
 OP_SCALAR, OP_STRING, OP_NUMSEQ, OP_STRSEQ, OP_REPEAT = 1, 2, 3, 4, 5
@@ -177,14 +181,10 @@ def reader_description(cls: type, elements: Sequence[Any], max_bytes: int) -> tu
     missing = wanted - program.found
     if missing:
         raise Unsupported(f"{msg_type}: fields {sorted(missing)} are not plain numbers here")
-    if (
-        kind == RD_LASER
-        and cls.SLOT_TYPES[
-            list(cls.get_fields_and_field_types()).index("ranges")
-        ].value_type.typename
-        != "float"
-    ):
-        raise Unsupported("LaserScan.ranges is not float32")
+    if kind == RD_LASER:
+        ranges = cls.SLOT_TYPES[list(cls.get_fields_and_field_types()).index("ranges")]
+        if getattr(ranges.value_type, "typename", None) != "float":
+            raise Unsupported("LaserScan.ranges is not float32")
     transform = np.array([_TRANSFORMS[e.transform] for e in elements], np.int64)
     ops = np.array(program.ops, np.int32).reshape(-1)
     return (ops, kind, k, index, sectors, need, field, keys, transform, int(max_bytes))
@@ -227,10 +227,6 @@ def tick_module() -> tuple[Any, str]:
     return None, f"not built for the ROS install of {here}"
 
 
-def _space(space: Any) -> tuple:
-    return native.space_tuple(space)
-
-
 def policy_tuple(policy: Any, space: Any) -> tuple:
     """A `Policy` with its compiled network, as `Tick` takes it (ValueError without one)."""
     net = getattr(policy, "_net", None)
@@ -241,7 +237,7 @@ def policy_tuple(policy: Any, space: Any) -> tuple:
         np.ascontiguousarray(policy.state_low, np.float64),
         np.ascontiguousarray(policy.state_high, np.float64),
         float(policy.time_unit_s),
-        _space(space),
+        native.space_tuple(space),
     )
 
 
@@ -275,10 +271,7 @@ def build(loop: Any, shared: np.ndarray) -> tuple[Any, str]:
     except ValueError as exc:
         return None, f"the compiled tick needs a compiled policy ({exc})"
     gate = loop.inputs.gate
-    from .stats import Heartbeat, LogHistogram, LoopStats
-
     n_stats = LoopStats.size()
-
     clock_sub = loop.clock._sub
     period = loop._period_s
     config = {
@@ -301,7 +294,7 @@ def build(loop: Any, shared: np.ndarray) -> tuple[Any, str]:
             n_stats,
             n_stats,
             n_stats + Heartbeat.SIZE,
-            8192,
+            WINDOW,
             LogHistogram._bins(),
             LogHistogram.LO,
             LogHistogram.PER_DECADE,
@@ -324,9 +317,6 @@ def build(loop: Any, shared: np.ndarray) -> tuple[Any, str]:
         return module.Tick(config), ""
     except (ValueError, TypeError, KeyError, OSError) as exc:
         return None, f"the compiled tick could not be set up ({exc})"
-
-
-TAKE_BUDGET = 0.25  # (control_loop.TAKE_BUDGET: the share of a period for taking inputs)
 
 
 def _template_tuple(publisher: Any, template: Any, slots: Any) -> tuple:

@@ -18,6 +18,8 @@ import math
 
 import numpy as np
 
+WINDOW = 8192  # samples in LoopStats' rolling windows (the compiled tick writes the same layout)
+
 
 class Window:
     """Fixed-capacity ring of float samples; `take()` returns the samples since the last take.
@@ -126,7 +128,7 @@ class LoopStats:
     COUNTERS = ("ticks", "missed_ticks", "missed_ticks_during_swaps", "elapsed_s")
 
     def __init__(
-        self, period_s: float, window: int = 8192, storage: np.ndarray | None = None
+        self, period_s: float, window: int = WINDOW, storage: np.ndarray | None = None
     ) -> None:
         self.period_s = float(period_s)
         store = np.zeros(self.size(window)) if storage is None else storage
@@ -145,7 +147,7 @@ class LoopStats:
         self.compute_hist = LogHistogram(store[at + h : at + 2 * h])
 
     @classmethod
-    def size(cls, window: int = 8192) -> int:
+    def size(cls, window: int = WINDOW) -> int:
         return len(cls.COUNTERS) + 2 * Window.size(window) + 2 * LogHistogram.size()
 
     @property
