@@ -63,7 +63,7 @@
 #define QUARANTINE_S 1.0
 
 enum { EV_IS_SAFE = 1, EV_COMMANDING, EV_ESTOP, EV_SWAPPED, EV_REJECTED, EV_SAFETY, EV_NON_FINITE,
-       EV_ERROR, EV_SCHEDULING, EV_WAITING, EV_ESTOP_RELEASED };
+       EV_ERROR, EV_SCHEDULING, EV_WAITING, EV_ESTOP_RELEASED, EV_STALE };
 
 typedef struct {
     int kind, topic;
@@ -90,6 +90,7 @@ typedef struct {
     sender_t senders[MAX_SENDERS];
     int n_senders;
     double interval_s, last_valid_mono; /* NaN: none */
+    int was_stale;
     char last_detail[CDR_REASONS][200];
 } input_t;
 
@@ -560,6 +561,23 @@ static void tick_once(Tick *t, int64_t now_ns) {
         else
             snprintf(text, sizeof text, "no tick for %.3f s of wall time: hidden state reset", t->core.wall_gap);
         push_event(t, EV_SAFETY, -1, 0, text);
+    }
+    /* an input that goes stale is named in the log, with what arrived on it (diagnosis) */
+    for (int i = 0; i < t->n_inputs; i++) {
+        input_t *in = &t->in[i];
+        int stale = !isnan(in->received_s) && now_s - in->received_s > t->core.cfg.sensor_timeout_s;
+        if (stale && !in->was_stale) {
+            char text[240];
+            int64_t rejected = 0;
+            for (int r = 1; r < CDR_REASONS; r++) rejected += in->rejected[r];
+            snprintf(text, sizeof text,
+                     "stale: its newest valid sample is %.3f s old (sensor_timeout_s %g); %lld "
+                     "messages taken, %lld valid, %lld rejected, %lld dropped so far",
+                     now_s - in->received_s, t->core.cfg.sensor_timeout_s, (long long)in->taken,
+                     (long long)in->valid, (long long)rejected, (long long)in->dropped);
+            push_event(t, EV_STALE, i, 0, text);
+        }
+        in->was_stale = stale;
     }
     t->reasons = res.reasons;
     if (!res.publish) { /* waiting for the first sample of every input */

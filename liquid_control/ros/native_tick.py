@@ -194,7 +194,14 @@ def reader_description(cls: type, elements: Sequence[Any], max_bytes: int) -> tu
 # The compiled tick of a control loop
 # --------------------------------------------------------------------------------------------
 EV_IS_SAFE, EV_COMMANDING, EV_ESTOP, EV_SWAPPED, EV_REJECTED, EV_SAFETY = 1, 2, 3, 4, 5, 6
-EV_NON_FINITE, EV_ERROR, EV_SCHEDULING, EV_WAITING, EV_ESTOP_RELEASED = 7, 8, 9, 10, 11
+EV_NON_FINITE, EV_ERROR, EV_SCHEDULING, EV_WAITING, EV_ESTOP_RELEASED, EV_STALE = (
+    7,
+    8,
+    9,
+    10,
+    11,
+    12,
+)
 ESTOP_DETAILS = (
     "",
     "waiting for an estop message on {topic} (estop_required_at_start)",
@@ -389,6 +396,9 @@ class EventPump:
             log.warning(f"rejected a message on {name}: {text}", throttle_duration_sec=1.0)
         elif kind == EV_SAFETY:
             log.warning(text, throttle_duration_sec=1.0)
+        elif kind == EV_STALE:
+            name = loop.inputs.subs[topic].topic if 0 <= topic < len(loop.inputs.subs) else "?"
+            log.warning(f"input {name} {text}", throttle_duration_sec=1.0)
         elif kind == EV_NON_FINITE:
             loop._last_error = text
             log.error(text, throttle_duration_sec=1.0)
