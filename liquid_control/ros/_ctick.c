@@ -144,7 +144,7 @@ typedef struct {
     int64_t last_tick_ns;
     int waiting, safe_now; /* safe_now -1: not said yet */
     int reasons, enabled, reset_requested, swapping, estop_released_logged;
-    double waiting_since, last_waiting_event;
+    double last_waiting_event; /* activation, then each "never heard" report */
     int64_t non_finite, swaps, ticks;
     int64_t safe_ticks[16]; /* published safe ticks by reason bit (SC_*), for diagnostics */
     char last_error[240];
@@ -583,7 +583,7 @@ static void tick_once(Tick *t, int64_t now_ns) {
     if (!res.publish) { /* waiting for the first sample of every input */
         if (wall - t->last_waiting_event >= t->input_wait_s) {
             t->last_waiting_event = wall;
-            if (wall - t->waiting_since >= t->input_wait_s) push_event(t, EV_WAITING, -1, 0, "");
+            push_event(t, EV_WAITING, -1, 0, "");
         }
     } else {
         if (res.reasons & SC_NON_FINITE) {
@@ -1017,8 +1017,7 @@ static PyObject *Tick_start(Tick *t, PyObject *unused) {
     t->waiting = 1;
     t->safe_now = -1;
     t->reasons = 0;
-    t->waiting_since = mono_s();
-    t->last_waiting_event = t->waiting_since;
+    t->last_waiting_event = mono_s();
     stats_clear(t);
     pthread_mutex_unlock(&t->lock);
     atomic_store(&t->stop, 0);

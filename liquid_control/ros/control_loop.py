@@ -831,14 +831,7 @@ class ControlLoop:
         if estop is False and not self._estop_released_logged:
             self._estop_released_logged = True
             g = inputs.gate
-            why = (
-                "an estop message"
-                if g.heard
-                else "the state the node heard"
-                if g.remembered is not None
-                else f"no latched estop publisher found in {g.discovery_s:g} s"
-            )
-            self.node.get_logger().info(f"estop released ({why})")
+            self.log_estop_released(0 if g.heard else 1 if g.remembered is not None else 2)
         for event in cmd.events:
             self.node.get_logger().warning(event, throttle_duration_sec=1.0)
         if cmd.action is None:  # waiting for the first sample of every input
@@ -861,6 +854,16 @@ class ControlLoop:
             self._publish_is_safe(not cmd.commanding)
         if self._settings["debug"]:
             self._publish_debug(raw, cmd.action, cmd.dt_s, cmd.steps_since_reset)
+
+    def log_estop_released(self, why: int) -> None:
+        """The first release of a run, and what released it: 0 an estop message, 1 the state the
+        node heard, 2 no latched estop publisher within the discovery window."""
+        text = (
+            "an estop message",
+            "the state the node heard",
+            f"no latched estop publisher found in {self.inputs.gate.discovery_s:g} s",
+        )[why]
+        self.node.get_logger().info(f"estop released ({text})")
 
     def _latched_estop_publishers(self) -> int:
         gate = self.inputs.gate
@@ -899,6 +902,11 @@ class ControlLoop:
         if time.monotonic() - self._waiting_since < wait_s:
             return
         self._waiting_since = time.monotonic()
+        self.log_never_heard()
+
+    def log_never_heard(self) -> None:
+        """Warn which inputs were never heard, with their publisher counts."""
+        wait_s = float(self._settings["input_wait_timeout_s"])
         with self.inputs.lock:
             missing = self.inputs.never_heard()
         self.node.get_logger().warning(
@@ -953,10 +961,13 @@ class ControlLoop:
         return figures
 
     def _figures(self, now_ns: int | None) -> dict[str, Any]:
-        """The loop's state for diagnostics (its timing figures are in the shared LoopStats)."""
-        if self._ctick is not None:
-            return self._compiled_figures(now_ns)
-        now_s = (now_ns if now_ns is not None else self.clock.latest_ns()) * 1e-9
+        """The loop's state for diagnostics (its timing figures are in the shared LoopStats):
+        the inputs from this loop's `InputPath` (which the compiled tick's figures refresh),
+        the safety state from whichever tick runs."""
+        compiled = self._sync_compiled(self._ctick.figures()) if self._ctick is not None else None
+        if now_ns is None:
+            now_ns = compiled["clock_ns"] if compiled is not None else self.clock.latest_ns()
+        now_s = now_ns * 1e-9
         timeout_s = self.core.config.sensor_timeout_s
         with self.inputs.lock:
             asm = self.inputs.assembler
@@ -968,66 +979,58 @@ class ControlLoop:
             last_rejection = dict(self.inputs.last_rejection)
             figures = self.inputs.figures(now_s, timeout_s)
             estop, detail = self.inputs.gate.state(time.monotonic(), 0)
-        return {
+        safe_ticks = self._safe_ticks
+        state = {
             "control_thread": self._realtime_status,
-            "control_tick": self.tick_kind,
-            "stale_inputs": ", ".join(stale),
-            "missing_inputs": missing,
             "waiting_for_inputs": self._waiting,
             "safe_action_active": bool(self._safe_now),
             "safe_action_reasons": "; ".join(self._safe_reasons),
-            "estop": "unknown" if estop is None else estop,
+            "estop": estop,
             "estop_detail": detail,
             "enabled": self._enabled,
             "latched": self.core.latched,
-            "rejected_total": sum(rejected.values()),
-            **{f"rejected_{r}": n for r, n in sorted(rejected.items())},
-            **{f"last_rejection_{r}": d for r, d in sorted(last_rejection.items())},
-            **figures,
             "non_finite_outputs": self._non_finite_outputs,
-            **_safe_tick_figures(self._safe_ticks),
             "swaps": self._swaps,
             "loop_error": self._last_error,
         }
-
-    def _compiled_figures(self, now_ns: int | None) -> dict[str, Any]:
-        f = self._sync_compiled(self._ctick.figures())
-        now_s = (now_ns if now_ns is not None else f["clock_ns"]) * 1e-9
-        timeout_s = self.core.config.sensor_timeout_s
-        with self.inputs.lock:
-            asm = self.inputs.assembler
-            stale = asm.stale(now_s, timeout_s)
-            missing = asm.missing()
-            rejected: Counter[str] = Counter()
-            for e in self.inputs.subs:
-                rejected.update(e.figures.rejected)
-            last_rejection = dict(self.inputs.last_rejection)
-            figures = self.inputs.figures(now_s, timeout_s)
-        estop = f["estop"]
-        detail = ESTOP_DETAIL[f["estop_detail"]].format(topic=self.inputs.estop_topic)
-        reasons = native.reason_texts(f["reasons"], stale)
+        if compiled is not None:  # the compiled tick's own state
+            f = compiled
+            safe_ticks = Counter(
+                {t: f["safe_ticks"][k] for k, (_, t) in enumerate(native.REASON_BITS)}
+            )
+            state.update(
+                control_thread=f["control_thread"],
+                waiting_for_inputs=f["waiting"],
+                safe_action_active=bool(f["safe_now"]),
+                safe_action_reasons="; ".join(native.reason_texts(f["reasons"], stale)),
+                estop=f["estop"],
+                estop_detail=ESTOP_DETAIL[f["estop_detail"]].format(topic=self.inputs.estop_topic),
+                enabled=f["enabled"],
+                latched=native.latch_text(self.core.space, *f["latch"]),
+                non_finite_outputs=f["non_finite"],
+                swaps=f["swaps"],
+                loop_error=f["last_error"],
+            )
         return {
-            "control_thread": f["control_thread"],
+            "control_thread": state["control_thread"],
             "control_tick": self.tick_kind,
             "stale_inputs": ", ".join(stale),
             "missing_inputs": missing,
-            "waiting_for_inputs": f["waiting"],
-            "safe_action_active": bool(f["safe_now"]),
-            "safe_action_reasons": "; ".join(reasons),
-            "estop": "unknown" if estop is None else estop,
-            "estop_detail": detail,
-            "enabled": f["enabled"],
-            "latched": native.latch_text(self.core.space, *f["latch"]),
+            "waiting_for_inputs": state["waiting_for_inputs"],
+            "safe_action_active": state["safe_action_active"],
+            "safe_action_reasons": state["safe_action_reasons"],
+            "estop": "unknown" if state["estop"] is None else state["estop"],
+            "estop_detail": state["estop_detail"],
+            "enabled": state["enabled"],
+            "latched": state["latched"],
             "rejected_total": sum(rejected.values()),
             **{f"rejected_{r}": n for r, n in sorted(rejected.items())},
             **{f"last_rejection_{r}": d for r, d in sorted(last_rejection.items())},
             **figures,
-            "non_finite_outputs": f["non_finite"],
-            **_safe_tick_figures(
-                Counter({t: f["safe_ticks"][k] for k, (_, t) in enumerate(native.REASON_BITS)})
-            ),
-            "swaps": f["swaps"],
-            "loop_error": f["last_error"],
+            "non_finite_outputs": state["non_finite_outputs"],
+            **_safe_tick_figures(safe_ticks),
+            "swaps": state["swaps"],
+            "loop_error": state["loop_error"],
         }
 
 

@@ -98,7 +98,8 @@ class _Program:
             if t.typename not in _BASIC:
                 raise Unsupported(f"field type {t.typename!r}")
             reg = -1 if repeated else self.scalars.get(path, -1)
-            self.found.add(path) if reg >= 0 else None
+            if reg >= 0:
+                self.found.add(path)
             self.emit(OP_SCALAR, _BASIC[t.typename][1], _DTYPES[t.typename], reg)
         elif isinstance(t, AbstractWString):
             raise Unsupported("wide strings")
@@ -119,14 +120,16 @@ class _Program:
             if v.typename not in _BASIC:
                 raise Unsupported(f"field type {v.typename!r}")
             seq = -1 if repeated else self.sequences.get(path, -1)
-            self.found.add(path) if seq >= 0 else None
+            if seq >= 0:
+                self.found.add(path)
             size = _BASIC[v.typename][1]
             self.emit(OP_NUMSEQ, size, _DTYPES[v.typename], fixed, bound, seq)
         elif isinstance(v, AbstractWString):
             raise Unsupported("wide strings")
         elif isinstance(v, AbstractString):
             keep = int(not repeated and path == self.strings)
-            self.found.add(path) if keep else None
+            if keep:
+                self.found.add(path)
             sbound = v.maximum_size if isinstance(v, BoundedString) else -1
             self.emit(OP_STRSEQ, fixed, bound, sbound, keep)
         elif isinstance(v, NamespacedType):
@@ -407,22 +410,9 @@ class EventPump:
             (log.warning if "refused" in text else log.info)(f"control thread: {text}")
         elif kind == EV_WAITING:
             loop._sync_compiled(loop._ctick.figures())
-            with loop.inputs.lock:
-                missing = loop.inputs.never_heard()
-            wait_s = float(loop._settings["input_wait_timeout_s"])
-            log.warning(
-                f"no message yet after {wait_s:g} s on {', '.join(missing)}: not commanding "
-                "(a topic with 0 publishers has nobody publishing it: check the robot's topics, "
-                "remappings and the policy's robot)"
-            )
+            loop.log_never_heard()
         elif kind == EV_ESTOP_RELEASED:
-            g = loop.inputs.gate
-            why = (
-                "an estop message",
-                "the state the node heard",
-                f"no latched estop publisher found in {g.discovery_s:g} s",
-            )[int(a)]
-            log.info(f"estop released ({why})")
+            loop.log_estop_released(int(a))
         elif kind == EV_ERROR:
             log.error(f"compiled tick: {int(a)} {text}", throttle_duration_sec=1.0)
 
