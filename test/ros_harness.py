@@ -346,6 +346,19 @@ class Harness:
         response = self.call(f"{node}/get_state", "lifecycle_msgs/GetState", None, timeout_s)
         return response.current_state.label
 
+    def wait_active(self, node: str, timeout_s: float, process: NodeProcess | None = None) -> None:
+        """Wait until `node` reports the active lifecycle state. A node whose get_state
+        service is not discoverable yet (a slow start on a loaded machine) is asked again,
+        until `timeout_s`; the process's log comes with the failure."""
+
+        def state() -> str:
+            try:
+                return self.lifecycle_state(node, 2.0)
+            except AssertionError:
+                return ""
+
+        self.wait_for(lambda: state() == "active", timeout_s, f"{node} active", process)
+
     def change_state(self, node: str, transition: str, timeout_s: float = 20.0) -> bool:
         """Trigger a lifecycle transition by label (configure, activate, deactivate, cleanup,
         shutdown); True when it succeeded."""

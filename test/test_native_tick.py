@@ -108,12 +108,7 @@ def test_compiled_and_python_ticks_publish_the_same_bytes(tmp_path):
         ]
         try:
             for k in KINDS:
-                h.wait_for(
-                    lambda k=k: h.lifecycle_state(f"/{k}/policy_node", 2.0) == "active",
-                    30.0,
-                    f"the {k} node active",
-                    nodes[KINDS.index(k)],
-                )
+                h.wait_active(f"/{k}/policy_node", 60.0, nodes[KINDS.index(k)])
             # discovery: every subscription and publisher of both loops matched (volatile
             # messages sent before that would be lost), then a little more for the other side
             g = h.node

@@ -82,12 +82,7 @@ def over_ros(
         try:
             # Both nodes up and connected before the first tick (the sim starts paused, so the
             # policy node's clock is still 0 and its timer is due on every tick).
-            h.wait_for(
-                lambda: h.lifecycle_state("/policy_node") == "active",
-                60,
-                "policy node active",
-                policy,
-            )
+            h.wait_active("/policy_node", 60.0, policy)
             for topic in spec.observation_topics():
                 h.wait_for(
                     lambda t=topic: h.node.count_subscribers(t) >= 2,
