@@ -152,6 +152,8 @@ ROS_JAZZY_WHEELS = [
     ),
 ]
 TEST = ["pytest>=7", "pytest-timeout", "hypothesis>=6"]
+# rosbag2 bags without ROS: datasets, offline replay, the recorder (`liquid_control.data`)
+BAGS = ["rosbags>=0.10", "mcap>=1.1"]
 
 setup(
     name=PACKAGE,
@@ -174,7 +176,9 @@ setup(
         "ros": ROS_WHEELS,
         "ros-jazzy": ROS_JAZZY_WHEELS,
         "sim": ["mujoco>=3.1", "gymnasium>=1.0", "matplotlib>=3.6"],  # (the demo's figure)
+        "bags": BAGS,
         "train": [
+            *BAGS,
             "torch>=2.2",
             "mujoco>=3.1",
             "gymnasium>=1.0",
@@ -187,9 +191,10 @@ setup(
             "onnxruntime",
             "imageio",  # gymnasium's MuJoCo envs import it
         ],
-        "test-ros": TEST,  # what the ROS tests need beside the ros and sim extras
+        "test-ros": [*TEST, *BAGS],  # what the ROS tests need beside the ros and sim extras
         "test": [
             *TEST,
+            *BAGS,
             "ncps==1.0.1",
             "safetensors",
             "ruff",
