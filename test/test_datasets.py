@@ -238,10 +238,13 @@ def test_debug_rows_replay_to_the_published_commands_exactly(tmp_path):
     # episodes: 0-99, 100-199, and 201-299 (after the lost row the state is unknown; its own
     # episode, and the replay from zero state cannot match it: left out of the exact check)
     assert [sl.stop - sl.start for sl in d.episodes] == [100, 100, 99]
+    assert d.reset.tolist() == [k in (0, 100) for k in range(299)]
     result = replay(policy, d)
-    first = slice(0, 200)
-    assert np.abs(result["predicted"][first] - d.action[first]).max() == 0.0
-    assert result["channels"]["yaw_rate_cmd"]["max_in_episode"] == 2
+    # the third episode joined midway: compared after 2 s (40 ticks) of warm-up
+    assert abs(result["compared_ticks"] - (200 + 99 - 40)) <= 2  # (dt has noise)
+    assert np.abs(result["predicted"][:200] - d.action[:200]).max() == 0.0
+    late = np.abs(result["predicted"][200:] - d.action[200:])
+    assert late[:5].max() > 10 * late[40:].max(), (late[:5].max(), late[40:].max())
 
 
 def test_dataset_round_trips_and_a_damaged_file_is_a_clear_error(tmp_path):

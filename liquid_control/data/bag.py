@@ -52,12 +52,6 @@ def ros_type_name(rosbags_name: str) -> str:
     return f"{parts[0]}/{parts[-1]}" if len(parts) == 3 else rosbags_name
 
 
-def _bag_type_name(name: str) -> str:
-    """``sensor_msgs/Imu`` -> ``sensor_msgs/msg/Imu`` (the form bags and rosbags use)."""
-    parts = name.split("/")
-    return f"{parts[0]}/msg/{parts[1]}" if len(parts) == 2 else name
-
-
 def default_typestore() -> Any:
     """The typestore of ``ROS_DISTRO`` (Kilted when unset or unknown)."""
     from rosbags.typesys import Stores, get_typestore

@@ -1,4 +1,5 @@
-"""`liquid-control dataset | replay` subcommands (bags -> datasets, offline policy checks)."""
+"""`liquid-control dataset | replay | record` subcommands: bags -> datasets, offline policy
+checks, and a recorder where `ros2 bag` is absent."""
 
 from __future__ import annotations
 
@@ -30,6 +31,50 @@ def register(subparsers) -> None:
     p.add_argument("--plot", default=None, metavar="PNG", help="recorded vs replayed commands")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=_replay)
+    _register_record(subparsers)
+
+
+def _register_record(subparsers) -> None:
+    p = subparsers.add_parser(
+        "record",
+        help="record a spec's topics into an MCAP bag over ROS (where `ros2 bag` is absent)",
+    )
+    p.add_argument("--spec", default=None, help="policy file (.lcp) or spec: record its topics")
+    p.add_argument("-o", "--output", required=True, help="bag folder to create")
+    p.add_argument("--topic", action="append", default=[], help="another topic (repeatable)")
+    p.add_argument("--duration", type=float, default=None, help="seconds (default: until Ctrl-C)")
+    p.add_argument("--use-sim-time", action="store_true", help="stamp with /clock time")
+    p.set_defaults(func=_record)
+
+
+def _record(args: argparse.Namespace) -> int:
+    from .dataset import DatasetError, load_spec
+
+    topics = []
+    try:
+        if args.spec:
+            spec = load_spec(args.spec)
+            topics += [*spec.observation_topics(), *spec.action_topics()]
+        if args.duration is not None and not args.duration > 0:
+            raise DatasetError(f"--duration: expected seconds > 0, got {args.duration}")
+    except DatasetError as exc:
+        return _fail("record", exc)
+    topics += ["/clock", *args.topic]
+    if len(topics) == 1 and not args.spec:
+        return _fail("record", ValueError("expected --spec or at least one --topic"))
+    from ..ros.recorder import record
+
+    try:
+        counts = record(args.output, topics, args.duration, args.use_sim_time)
+    except FileExistsError as exc:
+        return _fail("record", exc)
+    for topic, n in sorted(counts.items()):
+        print(f"{topic:<32} {n:>8} messages")
+    missing = [t for t in topics if t not in counts and t != "/clock"]
+    if missing:
+        print(f"never published: {missing}")
+    print(f"bag: {args.output}")
+    return 0
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:

@@ -54,6 +54,7 @@ __all__ = [
 
 FORMAT = "liquid_control.dataset/1"
 DEBUG_LABELS = ("tick", "dt_s", "steps_since_reset", "observation", "action")
+ARRAYS = ("obs", "action", "dt", "t", "episode", "reset")
 SHOWN_EVENTS = 5  # first bad messages listed per topic and reason
 
 
@@ -92,7 +93,9 @@ class SamplingSettings:
 class Dataset:
     """Ticks of one or more bags: `obs` (N, obs_dim) raw robot units, `action` (N, action_dim)
     physical units, `dt` (N,) s, `t` (N,) s in the bag's time base, `episode` (N,) episode index
-    (0..E-1, increasing); `report` says what was read, dropped and why."""
+    (0..E-1, increasing), `reset` (N,) True where the hidden state was zero before the tick (an
+    episode that starts without it joined a node's run midway, or follows lost debug rows);
+    `report` says what was read, dropped and why."""
 
     spec: InterfaceSpec
     obs: np.ndarray
@@ -100,6 +103,7 @@ class Dataset:
     dt: np.ndarray
     t: np.ndarray
     episode: np.ndarray
+    reset: np.ndarray
     source: str
     settings: dict[str, Any] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
@@ -123,7 +127,7 @@ class Dataset:
         import io
 
         buf = io.BytesIO()
-        np.savez(buf, obs=self.obs, action=self.action, dt=self.dt, t=self.t, episode=self.episode)
+        np.savez(buf, **{k: getattr(self, k) for k in ARRAYS})
         atomic_write_bytes(out / "dataset.npz", buf.getvalue())
         meta = {
             "format": FORMAT,
@@ -143,7 +147,7 @@ class Dataset:
         try:
             meta = json.loads((f / "dataset.json").read_text(encoding="utf-8"))
             with np.load(f / "dataset.npz", allow_pickle=False) as z:
-                arrays = {k: np.asarray(z[k]) for k in ("obs", "action", "dt", "t", "episode")}
+                arrays = {k: np.asarray(z[k]) for k in ARRAYS}
         except FileNotFoundError as exc:
             raise DatasetError(
                 f"dataset {str(f)!r}: missing {Path(exc.filename).name} (expected a folder "
@@ -164,10 +168,11 @@ class Dataset:
             "dt": (n,),
             "t": (n,),
             "episode": (n,),
+            "reset": (n,),
         }
         for k, shape in want.items():
             a = arrays[k]
-            if a.shape != shape or a.dtype.kind not in "fiu":
+            if a.shape != shape or a.dtype.kind not in "fiub":
                 raise DatasetError(
                     f"dataset {str(f)!r}: {k} has shape {a.shape} {a.dtype}, expected {shape}"
                 )
@@ -184,6 +189,7 @@ class Dataset:
             arrays["dt"].astype(np.float64),
             arrays["t"].astype(np.float64),
             arrays["episode"].astype(np.int64),
+            arrays["reset"].astype(bool),
             str(meta.get("source", "")),
             dict(meta.get("settings") or {}),
             dict(meta.get("report") or {}),
@@ -330,6 +336,7 @@ def build_dataset(
     act = np.concatenate([p["action"] for p in parts]).reshape(-1, spec.action_dim)
     dt = np.concatenate([p["dt"] for p in parts])
     t = np.concatenate([p["t"] for p in parts])
+    reset = np.concatenate([p["reset"] for p in parts]).astype(bool)
     episode, offset = [], 0
     for p in parts:
         e = p["episode"]
@@ -349,7 +356,9 @@ def build_dataset(
         raise DatasetError(f"no usable ticks in {[str(b) for b in bags]}: {reasons}")
     settings_out = asdict(s)
     settings_out["rate_hz"] = s.rate_hz or spec.control_rate_hz
-    return Dataset(spec, obs, act, dt, t, ep, "+".join(sorted(sources)), settings_out, report)
+    return Dataset(
+        spec, obs, act, dt, t, ep, reset, "+".join(sorted(sources)), settings_out, report
+    )
 
 
 def _why_empty(rep: dict[str, Any]) -> str:
@@ -510,6 +519,7 @@ def _empty(spec: InterfaceSpec) -> dict[str, np.ndarray]:
         "dt": np.zeros(0),
         "t": np.zeros(0),
         "episode": np.zeros(0, np.int64),
+        "reset": np.zeros(0, bool),
     }
 
 
@@ -549,6 +559,7 @@ def _debug_ticks(
             "dt": rows[keep, 1],
             "t": times[keep],
             "episode": episode[keep],
+            "reset": (since == 1)[keep],
         },
         report,
         min_episode_s,
@@ -615,7 +626,7 @@ def _sampled_ticks(
             )
     if warnings:
         report["warnings"] = warnings
-    out = {k: [] for k in ("obs", "action", "dt", "t", "episode")}
+    out = {k: [] for k in ARRAYS}
     dropped = {"stale_input": 0, "stale_command": 0, "estop": 0}
     episode = 0
     for g in range(n_segments):
@@ -669,6 +680,7 @@ def _sampled_ticks(
         out["dt"].append(np.full(int(ok.sum()), period))
         out["t"].append(ticks[ok])
         out["episode"].append(ep[ok])
+        out["reset"].append(np.r_[True, ep[ok][1:] != ep[ok][:-1]] if ok.any() else ok[ok])
     report["ticks_dropped"] = {k: v for k, v in dropped.items() if v}
     if not out["dt"]:
         return _empty(spec)
