@@ -205,15 +205,17 @@ def test_a_bag_without_metadata_still_reads_and_says_so(tmp_path):
         assert set(b.topics) == {"/scan", "/odom", "/imu", "/cmd_vel"}
 
 
-def debug_rows(policy: Policy, n: int, resets_at=(), lost=()):
+def debug_rows(policy: Policy, n: int, resets_at=(), lost=(), idle_at=()):
     """Rows as the node publishes them (tick, dt, steps since reset, raw obs, action) from a
-    policy stepped on random observations, with resets and lost rows."""
+    policy stepped on random observations, with resets, lost rows, and ticks that published
+    no row (the node's tick count goes on, its steps since reset do not)."""
     rng = np.random.default_rng(0)
     p = Policy.load(ROVER)
     dims = [("tick", 1), ("dt_s", 1), ("steps_since_reset", 1)]
     dims += [("observation", SPEC.obs_dim), ("action", SPEC.action_dim)]
-    out, since = [], 0
+    out, since, tick = [], 0, 0
     for k in range(n):
+        tick += 1 + 3 * (k in idle_at)
         if k in resets_at or k == 0:
             p.reset()
             since = 0
@@ -222,14 +224,14 @@ def debug_rows(policy: Policy, n: int, resets_at=(), lost=()):
         since += 1
         act = p.step(obs, dt)
         if k not in lost:
-            row = [k, dt, since, *obs, *act]
+            row = [tick, dt, since, *obs, *act]
             out.append(("/policy_node/observation", k * 0.05, bags.float_array(row, dims)))
     return out
 
 
 def test_debug_rows_replay_to_the_published_commands_exactly(tmp_path):
     policy = Policy.load(ROVER)
-    msgs = debug_rows(policy, 300, resets_at=(100,), lost=(200,))
+    msgs = debug_rows(policy, 300, resets_at=(100,), lost=(200,), idle_at=(50, 150))
     bag = bags.write_bag(tmp_path / "b", msgs)
     d = build_dataset([bag], SPEC)
     assert d.source == "debug"

@@ -527,22 +527,22 @@ def _debug_ticks(
     log: _TopicLog, spec: InterfaceSpec, events: list, report: dict, min_episode_s: float
 ) -> dict[str, np.ndarray]:
     """Episodes from the node's own rows: a row with steps_since_reset 0 is a safe tick (left
-    out), 1 starts an episode, a gap in the tick count is lost rows (the episode ends)."""
+    out), 1 starts an episode from the zero state; a jump in steps_since_reset is lost rows (the
+    episode ends, and the next one starts with an unknown state). The tick count may jump
+    without a lost row (a tick that published nothing, e.g. while waiting for inputs), so it is
+    not used."""
     if not log.values:
         report["ticks_dropped"] = {}
         return _empty(spec)
     rows = np.array(log.values)
-    tick, since = rows[:, 0].astype(np.int64), rows[:, 2].astype(np.int64)
+    since = rows[:, 2].astype(np.int64)
     seg = np.array(log.segments)
     keep = since >= 1
     new = np.ones(len(rows), bool)
-    new[1:] = (
-        (since[1:] == 1)
-        | (tick[1:] != tick[:-1] + 1)
-        | (since[1:] != since[:-1] + 1)
-        | (seg[1:] != seg[:-1])
-    )
-    lost = int(np.clip(tick[1:] - tick[:-1] - 1, 0, None).sum()) if len(rows) > 1 else 0
+    jump = (since[1:] > 1) & (since[1:] != since[:-1] + 1)
+    new[1:] = (since[1:] == 1) | jump | (seg[1:] != seg[:-1])
+    gaps = np.where(since[1:] > since[:-1], since[1:] - since[:-1] - 1, since[1:] - 1)
+    lost = int(gaps[jump].sum()) if len(rows) > 1 else 0
     episode = np.cumsum(new) - 1
     o, n_obs = 3, spec.obs_dim
     times = np.array(log.times)

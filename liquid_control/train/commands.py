@@ -1,4 +1,4 @@
-"""`liquid-control train | eval | export` subcommands."""
+"""`liquid-control train | eval | imitate | export` subcommands."""
 
 from __future__ import annotations
 
@@ -40,6 +40,16 @@ def register(subparsers) -> None:
     p.set_defaults(func=_eval)
 
     p = subparsers.add_parser(
+        "imitate", help="train the LTC (and the LSTM) by BPTT on recorded demonstrations"
+    )
+    p.add_argument("datasets", nargs="+", help="dataset folders of `liquid-control dataset`")
+    p.add_argument("--config", required=True, help="training YAML (student, distill, imitate)")
+    p.add_argument("--out", required=True, help="run folder (imitate/ is written in it)")
+    p.add_argument("--resume", action="store_true", help="continue from the last round")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_imitate)
+
+    p = subparsers.add_parser(
         "export", help="write the policy file and ONNX model of a trained run"
     )
     p.add_argument("run", help="run folder of `liquid-control train`")
@@ -65,6 +75,27 @@ def _train(args: argparse.Namespace) -> int:
     if summary.exists():
         print(summary.read_text())
     print(f"run folder: {out}")
+    return 0
+
+
+def _imitate(args: argparse.Namespace) -> int:
+    from ..core.spec import SpecError
+    from ..data.dataset import DatasetError
+    from .config import ConfigError, load_config
+    from .imitate import imitate
+
+    try:
+        cfg = load_config(args.config)
+        done = imitate(cfg, args.datasets, args.out, args.resume, not args.no_progress)
+    except (ConfigError, DatasetError, SpecError) as exc:
+        print(f"liquid-control imitate: {exc}", file=sys.stderr)
+        return 2
+    for name, b in done["best"].items():
+        ret = f", return {b['return']:.2f}" if b.get("return") is not None else ""
+        print(f"{name}: validation loss {b['val_loss']:.5f} (round {b['round']}){ret}")
+    print(f"{done['ticks']} ticks ({done['demonstration_s']:.0f} s) of demonstration, "
+          f"{done['rounds']} rounds; {done['labels_clipped']} labels clipped to the limits")  # fmt: skip
+    print(f"policy: {done['policy']}")
     return 0
 
 

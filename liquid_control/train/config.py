@@ -101,6 +101,19 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
+class ImitateConfig:
+    """`liquid-control imitate`: BPTT on recorded demonstrations (window, burn_in, batch_size,
+    lr, lstm_lr and grad_clip come from the distill section)."""
+
+    max_rounds: int = 40  # rounds of `epochs_per_round` passes over the training windows
+    epochs_per_round: int = 2
+    val_fraction: float = 0.2  # episodes held out for validation (the tail of one if only one)
+    patience: int = 6  # rounds without a better validation loss before stopping
+    eval_episodes: int = 0  # closed-loop episodes per round on `env` (0: validation loss only)
+    lstm: bool = True  # also train the LSTM of equal neuron count, for comparison
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     episodes: int = 10  # one seed per episode
     perturbations: dict[str, float] = field(
@@ -129,6 +142,7 @@ class TrainConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    imitate: ImitateConfig = field(default_factory=ImitateConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     source: str = ""  # the YAML path it was read from
@@ -232,9 +246,20 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         ("finetune.window", f.window),
         ("finetune.lr", f.lr),
         ("evaluate.episodes", cfg.evaluate.episodes),
+        ("imitate.max_rounds", cfg.imitate.max_rounds),
+        ("imitate.epochs_per_round", cfg.imitate.epochs_per_round),
+        ("imitate.patience", cfg.imitate.patience),
         ("torch_threads", cfg.torch_threads),
     ):
         _positive(where, v)
+    if not 0.0 < cfg.imitate.val_fraction < 1.0:
+        raise ConfigError(
+            f"imitate.val_fraction: expected a value in (0, 1), got {cfg.imitate.val_fraction!r}"
+        )
+    if cfg.imitate.eval_episodes < 0:
+        raise ConfigError(
+            f"imitate.eval_episodes: expected >= 0, got {cfg.imitate.eval_episodes!r}"
+        )
     if not 0 <= d.burn_in < d.window:
         raise ConfigError(
             f"distill.burn_in: expected 0 <= burn_in < window ({d.window}), got {d.burn_in}"

@@ -1,0 +1,306 @@
+"""Imitation from recorded demonstrations: the LTC (and, for comparison, the LSTM of equal neuron
+count) trained by truncated BPTT on a dataset of `liquid-control dataset` (a robot's or a sim's
+bags), with per-step dt, a validation split and early stopping; the best LTC exported as `.lcp`.
+
+Episodes are held out for validation (evenly spread; with one episode, its tail). A round is
+`epochs_per_round` passes over the training windows (window, burn-in, batch size, learning rates
+and gradient clipping of the distill section); after each round the validation loss is measured
+and, with ``imitate.eval_episodes > 0``, the closed-loop return on the config's env. The best
+student by return (where measured) or by validation loss is kept; training stops after
+`patience` rounds without a better validation loss, or at `max_rounds`.
+
+The labels are the recorded commands clipped to the spec's limits, in network units; the spec's
+observation normalisation is fitted to the training episodes.
+
+Files in ``OUT/imitate/``: ``progress.json`` (written last each round, so a killed run resumes
+from its last finished round), round-numbered weights and optimiser states, ``best_<student>``,
+``spec.json``, ``history.json``, ``done.json`` and the policy file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.spec import InterfaceSpec, SpecError
+from ..data.dataset import Dataset
+from .config import ConfigError, TrainConfig
+from .distill import Dataset as Windows
+from .distill import evaluate_student, fit_normalization, make_students, train_student
+from .io import (
+    read_json,
+    read_state_dicts,
+    read_tensors,
+    write_json,
+    write_state_dicts,
+    write_tensors,
+)
+
+__all__ = ["imitate", "load_datasets", "split"]
+
+
+def load_datasets(folders: list[str | os.PathLike]) -> Dataset:
+    """One dataset from several folders (their specs must agree; DatasetError / SpecError)."""
+    parts = [Dataset.load(f) for f in folders]
+    first = parts[0]
+    for f, p in zip(folders[1:], parts[1:], strict=True):
+        try:
+            first.spec.check_compatible(p.spec)
+        except SpecError as exc:
+            raise SpecError(f"dataset {str(f)!r} is for another interface: {exc}") from None
+    offset, episodes = 0, []
+    for p in parts:
+        episodes.append(p.episode + offset)
+        offset += int(p.episode.max()) + 1 if p.episode.size else 0
+    cat = lambda k: np.concatenate([getattr(p, k) for p in parts])  # noqa: E731
+    return Dataset(
+        first.spec,
+        cat("obs"),
+        cat("action"),
+        cat("dt"),
+        cat("t"),
+        np.concatenate(episodes),
+        cat("reset"),
+        "+".join(sorted({p.source for p in parts})),
+        first.settings,
+        {"datasets": [str(f) for f in folders]},
+    )
+
+
+def split(data: Dataset, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks (train, validation) over the ticks: whole episodes, evenly spread, held out;
+    with a single episode, its last `val_fraction` of ticks."""
+    episodes = data.episodes
+    n = data.dt.size
+    val = np.zeros(n, bool)
+    if len(episodes) >= 2:
+        k = max(1, int(round(len(episodes) * val_fraction)))
+        picks = np.unique(np.linspace(0, len(episodes) - 1, k + 2)[1:-1].round().astype(int))
+        for i in picks:
+            val[episodes[i]] = True
+    else:
+        val[int(round(n * (1 - val_fraction))) :] = True
+    return ~val, val
+
+
+def _windows(data: Dataset, spec: InterfaceSpec, mask: np.ndarray) -> Windows:
+    """The ticks of `mask` as trajectories for BPTT (a trajectory per contiguous episode run)."""
+    idx = np.flatnonzero(mask)
+    episode = data.episode[idx]
+    # a new trajectory where the episode changes or the mask skipped ticks
+    new = np.r_[True, (np.diff(episode) != 0) | (np.diff(idx) != 1)]
+    label = spec.to_network(np.clip(data.action[idx], spec.action_low, spec.action_high))
+    return Windows(
+        {
+            "obs": data.obs[idx],
+            "dt": data.dt[idx],
+            "label": label,
+            "traj": np.cumsum(new) - 1,
+            "first": data.reset[idx] & new,
+        }
+    )
+
+
+def validation_loss(model: Any, data: Windows, spec: InterfaceSpec, cfg: TrainConfig) -> float:
+    """Mean squared error (network units) over the validation windows, burn-in excluded."""
+    import torch
+
+    d = cfg.distill
+    idx, mask = data.windows(d.window, d.burn_in)
+    x = torch.as_tensor(spec.normalize(data.obs), dtype=torch.float32)
+    e = torch.as_tensor(data.dt / spec.control_period_s, dtype=torch.float32)
+    y = torch.as_tensor(data.label, dtype=torch.float32).clamp(-1.5, 1.5)
+    total, count = 0.0, 0.0
+    with torch.no_grad():
+        for b in range(0, len(idx), 256):
+            sel = torch.as_tensor(idx[b : b + 256])
+            m = torch.as_tensor(mask[b : b + 256], dtype=torch.float32)
+            out, _ = model(x[sel], None, e[sel])
+            total += float((((out - y[sel]) ** 2).mean(-1) * m).sum())
+            count += float(m.sum())
+    return total / max(count, 1.0)
+
+
+def _data_hash(data: Dataset) -> str:
+    h = hashlib.sha256()
+    for a in (data.obs, data.action, data.dt, data.episode):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def imitate(
+    cfg: TrainConfig,
+    folders: list[str | os.PathLike],
+    run_dir: str | os.PathLike,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train on the datasets in `folders`; returns the done record (paths and figures)."""
+    import torch
+    from tqdm import tqdm
+
+    im, d = cfg.imitate, cfg.distill
+    data = load_datasets(folders)
+    out = Path(run_dir) / "imitate"
+    if out.exists() and not resume and any(out.iterdir()):
+        raise ConfigError(f"{out} exists: pass --resume to continue it, or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "done.json").exists():
+        return read_json(out / "done.json")
+    digest = _data_hash(data)
+    train_mask, val_mask = split(data, im.val_fraction)
+    spec = fit_normalization(data.spec, data.obs[train_mask])
+    if im.eval_episodes > 0:
+        from .distill import base_spec
+
+        try:
+            base_spec(cfg).check_compatible(data.spec)
+        except SpecError as exc:
+            raise ConfigError(f"env.id {cfg.env.id!r} does not fit the dataset: {exc}") from None
+    train, val = _windows(data, spec, train_mask), _windows(data, spec, val_mask)
+    torch.set_num_threads(cfg.torch_threads)
+    students = make_students(cfg, spec.obs_dim, spec.action_dim)
+    if not im.lstm:
+        students.pop("lstm", None)
+    lrs = {"ltc": d.lr, "lstm": d.lstm_lr}
+    optims = {k: torch.optim.Adam(m.parameters(), lr=lrs[k]) for k, m in students.items()}
+    state: dict[str, Any] = {
+        "round": 0,
+        "best": {},
+        "history": [],
+        "stale": {},
+        "lowest_val_loss": {},
+        "data": digest,
+    }
+    index = out / "progress.json"
+    if index.exists():
+        state = read_json(index)
+        if state.get("data") != digest:
+            raise ConfigError(
+                f"{out}: the datasets differ from the ones this run started with "
+                f"(hash {digest}, the run has {state.get('data')}); use another --out"
+            )
+        spec = InterfaceSpec.from_dict(read_json(out / "spec.json"))
+        for k, m in students.items():
+            m.load_state_dict(read_tensors(out / state["weights"][k]))
+            optims[k].load_state_dict(read_state_dicts(out / state["optim"][k])["optim"])
+    else:
+        write_json(out / "spec.json", spec.to_dict())
+    sub = _with_epochs(cfg, im.epochs_per_round)
+    bar = tqdm(total=im.max_rounds, initial=state["round"], desc="imitate", unit="round",
+               disable=not progress, mininterval=2.0)  # fmt: skip
+    for r in range(state["round"], im.max_rounds):
+        if all(state["stale"].get(k, 0) >= im.patience for k in students):
+            break
+        seed = cfg.seed * 7919 + 131 * r
+        torch.manual_seed(seed)
+        record: dict[str, Any] = {"round": r}
+        for name, model in students.items():
+            if state["stale"].get(name, 0) < im.patience:  # (one stopped early: the other goes on)
+                ctx = (train, val, spec, sub, seed)
+                record.update(_student_round(cfg, out, state, name, model, optims[name], ctx, r))
+        state["history"].append(record)
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k.endswith("val_loss")})
+        _save_round(out, state, r + 1, students, optims)
+    bar.close()
+    return _finish(cfg, out, state, students, spec, data, folders)
+
+
+def _student_round(
+    cfg: TrainConfig,
+    out: Path,
+    state: dict,
+    name: str,
+    model: Any,
+    optim: Any,
+    ctx: tuple,
+    r: int,
+) -> dict[str, float]:
+    """One round of one student: train, validate (and evaluate), keep it if best."""
+    train, val, spec, sub, seed = ctx
+    im = cfg.imitate
+    model.train()
+    record = {f"{name}_train_loss": train_student(model, optim, train, spec, sub, seed + 1)}
+    model.eval()
+    vloss = validation_loss(model, val, spec, cfg)
+    record[f"{name}_val_loss"] = vloss
+    ret = None
+    if im.eval_episodes > 0:
+        ret = evaluate_student(model, spec, cfg, im.eval_episodes, seed=20_000 + 17 * r)
+        record[f"{name}_return"] = ret
+    lowest = state["lowest_val_loss"].get(name)
+    if lowest is None or vloss < lowest:  # (the stopping rule follows the loss)
+        state["lowest_val_loss"][name], state["stale"][name] = vloss, 0
+    else:
+        state["stale"][name] = state["stale"].get(name, 0) + 1
+    best = state["best"].get(name)
+    if best is None or (ret > best["return"] if ret is not None else vloss < best["val_loss"]):
+        write_tensors(out / f"best_{name}.safetensors", model.state_dict())
+        state["best"][name] = {"val_loss": vloss, "return": ret, "round": r}
+    return record
+
+
+def _with_epochs(cfg: TrainConfig, epochs: int) -> TrainConfig:
+    import dataclasses
+
+    return dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, epochs=epochs))
+
+
+def _save_round(out: Path, state: dict, r: int, students: dict, optims: dict) -> None:
+    names: dict[str, dict[str, str]] = {"weights": {}, "optim": {}}
+    for name, model in students.items():
+        names["weights"][name] = f"round{r}_{name}.safetensors"
+        write_tensors(out / names["weights"][name], model.state_dict())
+        names["optim"][name] = f"round{r}_{name}_optim.safetensors"
+        write_state_dicts(out / names["optim"][name], {"optim": optims[name].state_dict()})
+    state.update(round=r, **names)
+    write_json(out / "progress.json", state)
+    keep = {*names["weights"].values(), *names["optim"].values()}
+    for old in out.glob("round*"):
+        if old.name not in keep:
+            old.unlink(missing_ok=True)
+
+
+def _finish(
+    cfg: TrainConfig,
+    out: Path,
+    state: dict,
+    students: dict,
+    spec: InterfaceSpec,
+    data: Dataset,
+    folders: list,
+) -> dict[str, Any]:
+    model = students["ltc"]
+    model.load_state_dict(read_tensors(out / "best_ltc.safetensors"))
+    clipped = int(((data.action < spec.action_low) | (data.action > spec.action_high)).any(1).sum())
+    policy = model.to_policy(
+        spec,
+        provenance={
+            "task": cfg.name,
+            "stage": "imitate",
+            "datasets": [str(f) for f in folders],
+            "dataset_ticks": int(data.dt.size),
+            "dataset_s": round(float(data.dt.sum()), 3),
+            "seed": cfg.seed,
+            "config": cfg.source,
+            "best": state["best"]["ltc"],
+        },
+    )
+    path = out / f"{cfg.name}_ltc{cfg.student.units}.lcp"
+    policy.save(path)
+    done = {
+        "policy": str(path),
+        "rounds": state["round"],
+        "best": state["best"],
+        "ticks": int(data.dt.size),
+        "demonstration_s": round(float(data.dt.sum()), 3),
+        "labels_clipped": clipped,
+    }
+    write_json(out / "history.json", state["history"])
+    write_json(out / "done.json", done)
+    return done
