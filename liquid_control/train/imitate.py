@@ -40,7 +40,60 @@ from .io import (
     write_tensors,
 )
 
-__all__ = ["imitate", "load_datasets", "split"]
+__all__ = ["imitate", "load_datasets", "simulated_demonstrations", "split"]
+
+
+def simulated_demonstrations(
+    operator: Any,
+    cfg: TrainConfig,
+    seconds: float,
+    noise: float = 0.1,
+    seed: int = 0,
+) -> Dataset:
+    """Demonstrations in the config's env from an `operator` policy (a `Policy`: a shipped or
+    teacher-distilled one) whose commands get Gaussian noise of `noise` x each action's scale,
+    clipped to the limits: a stand-in for a person with a joystick. The commands applied are the
+    labels, as in a bag. `report["operator_returns"]` holds the return of each complete episode."""
+    from .envs import make_env
+
+    spec = operator.spec
+    rng = np.random.default_rng(seed)
+    need = int(round(seconds * spec.control_rate_hz))
+    rows: dict[str, list] = {k: [] for k in ("obs", "action", "dt", "episode", "reset")}
+    returns: list[float] = []
+    env = make_env(cfg.env, seed=seed, randomize=False)
+    ep = 0
+    while len(rows["dt"]) < need:
+        obs, _ = env.reset(seed=seed * 1000 + ep)
+        operator.reset()
+        total, first, dt = 0.0, True, spec.control_period_s
+        while len(rows["dt"]) < need:
+            a = operator.step(np.asarray(obs, np.float64), dt)
+            a = a + noise * spec.action_scale * rng.normal(size=a.shape)
+            a = np.clip(a, spec.action_low, spec.action_high)
+            for k, v in zip(rows, (obs, a, dt, ep, first), strict=True):
+                rows[k].append(v)
+            obs, r, terminated, truncated, info = env.step(a.astype(env.action_space.dtype))
+            total += float(r)
+            dt, first = float(info.get("dt", spec.control_period_s)), False
+            if terminated or truncated:
+                returns.append(total)  # (complete episodes only)
+                break
+        ep += 1
+    env.close()
+    dt_arr = np.array(rows["dt"], np.float64)
+    return Dataset(
+        spec,
+        np.array(rows["obs"], np.float64),
+        np.array(rows["action"], np.float64),
+        dt_arr,
+        np.cumsum(dt_arr) - dt_arr[0],
+        np.array(rows["episode"], np.int64),
+        np.array(rows["reset"], bool),
+        "simulated",
+        {"noise": noise, "seed": seed, "env": cfg.env.id},
+        {"operator_returns": returns},
+    )
 
 
 def load_datasets(folders: list[str | os.PathLike]) -> Dataset:

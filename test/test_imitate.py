@@ -1,0 +1,122 @@
+"""`liquid-control imitate`: BPTT on demonstrations (an operator with noise on the rover env),
+validation split and early stopping, the exported policy drives the robot, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from liquid_control.core.policy import Policy
+from liquid_control.data.dataset import Dataset
+from liquid_control.train.config import config_from_dict
+from liquid_control.train.envs import make_env
+from liquid_control.train.imitate import imitate, simulated_demonstrations, split
+from liquid_control.train.rollout import PolicyAgent, run_episodes
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+ROVER = ROOT / "policies" / "rover_ltc19.lcp"
+CONFIG = {
+    "name": "rover_imitate",
+    "env": {"id": "LiquidControl/RoverLane-v0"},
+    "student": {"units": 19},
+    "distill": {"window": 32, "burn_in": 8, "batch_size": 16},
+    "imitate": {"max_rounds": 5, "epochs_per_round": 2, "patience": 3, "eval_episodes": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    cfg = config_from_dict(CONFIG)
+    d = simulated_demonstrations(Policy.load(ROVER), cfg, seconds=120.0, noise=0.1, seed=1)
+    folder = tmp_path_factory.mktemp("demos") / "rover"
+    d.save(folder)
+    return folder, d
+
+
+def test_validation_split_holds_out_whole_episodes(demos):
+    _, d = demos
+    train, val = split(d, 0.25)
+    assert not (train & val).any() and (train | val).all()
+    held = set(d.episode[val].tolist())
+    assert held and not held & set(d.episode[train].tolist())
+    one = Dataset(d.spec, d.obs, d.action, d.dt, d.t, np.zeros_like(d.episode), d.reset,
+                  "x", {}, {})  # fmt: skip
+    train, val = split(one, 0.25)
+    assert val[-1] and not val[0] and val.sum() == pytest.approx(0.25 * d.dt.size, abs=1)
+
+
+def test_imitation_on_two_minutes_drives_the_rover_like_the_operator(demos, tmp_path):
+    folder, d = demos
+    operator = float(np.mean(d.report["operator_returns"]))
+    cfg = config_from_dict(CONFIG)
+    done = imitate(cfg, [folder], tmp_path / "run", progress=False)
+    history = json.loads((tmp_path / "run" / "imitate" / "history.json").read_text())
+    assert min(r["ltc_val_loss"] for r in history) < history[0]["ltc_val_loss"]
+    assert done["best"]["ltc"]["return"] is not None  # selected by closed-loop return
+    policy = Policy.load(done["policy"])
+    assert policy.provenance["stage"] == "imitate" and policy.provenance["dataset_ticks"] == 2400
+    result = run_episodes(
+        PolicyAgent(policy),
+        lambda s: make_env(cfg.env, seed=s, randomize=False),
+        [900, 901],
+    )
+    # two minutes of demonstration: the LTC keeps the lane about as well as its operator
+    assert result.returns.mean() >= 0.8 * operator, (result.returns, operator)
+    # a finished run returns its record on --resume; other data is refused
+    assert imitate(cfg, [folder], tmp_path / "run", resume=True, progress=False) == done
+
+
+def test_cli_errors_are_one_line(demos, tmp_path):
+    folder, _ = demos
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({**CONFIG, "imitate": {"val_fraction": 1.5}}))
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "liquid_control.cli", "imitate", *args],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    r = cli(str(folder), "--config", str(cfg), "--out", str(tmp_path / "r"))
+    assert r.returncode == 2 and "imitate.val_fraction" in r.stderr, r.stderr
+    cfg.write_text(json.dumps(CONFIG))
+    r = cli(str(tmp_path / "nothing"), "--config", str(cfg), "--out", str(tmp_path / "r"))
+    assert r.returncode == 2 and "missing dataset.json" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_killed_run_resumes_to_the_same_policy(demos, tmp_path):
+    folder, _ = demos
+    config = {**CONFIG, "imitate": {"max_rounds": 4, "epochs_per_round": 1, "eval_episodes": 0}}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps(config))
+    whole = imitate(config_from_dict(config), [folder], tmp_path / "whole", progress=False)
+    args = [sys.executable, "-m", "liquid_control.cli", "imitate", str(folder), "--config",
+            str(cfg), "--out", str(tmp_path / "cut"), "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = tmp_path / "cut" / "imitate" / "progress.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if progress.exists() and json.loads(progress.read_text())["round"] >= 2:
+            proc.kill()
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert not (tmp_path / "cut" / "imitate" / "done.json").exists(), "killed too late"
+    r = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--resume" in r.stderr  # (not silently started over)
+    r = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    a, b = (
+        Policy.load(whole["policy"]),
+        Policy.load(tmp_path / "cut" / "imitate" / Path(whole["policy"]).name),
+    )
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k])
