@@ -131,3 +131,23 @@ def test_recorded_bag_gives_datasets_and_an_exact_replay(tmp_path):
     assert again.report["bags"][0]["storage"] == "sqlite3"
     np.testing.assert_array_equal(again.obs, debug.obs)
     np.testing.assert_array_equal(again.action, debug.action)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--spec", str(ROVER), "-o", "{tmp}"], "exists already"),
+        (["-o", "{tmp}/bag"], "expected --spec or at least one --topic"),
+        (["--spec", str(ROVER), "-o", "{tmp}/bag", "--duration", "-1"], "--duration"),
+        (["--spec", "{tmp}/none.lcp", "-o", "{tmp}/bag"], "none.lcp"),
+    ],
+)
+def test_record_errors_are_one_line_with_exit_code_2(tmp_path, args, message):
+    r = subprocess.run(
+        [sys.executable, "-m", "liquid_control.cli", "record",
+         *[a.format(tmp=tmp_path) for a in args]],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "bag").exists()

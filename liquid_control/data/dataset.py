@@ -257,8 +257,11 @@ class _TopicLog:
     valid_times: list[float] = field(default_factory=list)
     last_stamp: Any = None
 
-    def bad(self, reason: str, t: float | None, detail: str) -> None:
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+    def bad(self, reason: str, t: float | None, detail: str, rejected: bool = True) -> None:
+        """Count a message left out (`rejected`: by the message table's checks) and keep the
+        first few of each reason with their times."""
+        if rejected:
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1
         if sum(1 for e in self.events if e.startswith(reason + " ")) < SHOWN_EVENTS:
             at = f"t={t:.3f} s" if t is not None else "before the first /clock"
             self.events.append(f"{reason} at {at}: {detail}"[:300])
@@ -269,17 +272,19 @@ class _TopicLog:
         self.messages += 1
         if m.msg is None:
             self.undecodable += 1
-            self.bad("undecodable", t, m.error or "")
+            self.bad("undecodable", t, m.error or "", rejected=False)
             return False
         if t is None:
             self.before_clock += 1
             return False
+        # a repeated header stamp is a duplicate; messages without a header cannot be told
+        # from a legitimate repeat (two equal commands within one /clock step), so they pass
         stamp = _stamp_of(m.msg)
-        if (stamp or m.t_ns) == self.last_stamp:
+        if stamp is not None and stamp == self.last_stamp:
             self.duplicates += 1
-            self.bad("duplicate", t, f"same {'header stamp' if stamp else 'log time'} as before")
+            self.bad("duplicate", t, "same header stamp as the message before", rejected=False)
             return False
-        self.last_stamp = stamp or m.t_ns
+        self.last_stamp = stamp
         return True
 
     def summary(self) -> dict[str, Any]:
@@ -363,8 +368,6 @@ def build_dataset(
 
 def _why_empty(rep: dict[str, Any]) -> str:
     dropped = rep.get("ticks_dropped") or {}
-    if rep.get("missing_topics"):
-        return f"{rep['bag']}: missing {rep['missing_topics']}"
     if dropped:
         return f"{rep['bag']}: every tick dropped ({dropped})"
     return f"{rep['bag']}: no ticks"
