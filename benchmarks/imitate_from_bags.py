@@ -1,16 +1,17 @@
 """Imitation from a demonstration bag made the way a user would, and the curve of closed-loop
 return against minutes of demonstration, for the LTC-19 and the LSTM-19.
 
-    .venv/bin/python benchmarks/imitate_from_bags.py [--minutes 10] [--out runs/imitate_bench]
+    .venv/bin/python benchmarks/imitate_from_bags.py [--robot rover|cartpole] [--minutes 10]
 
-1. The MuJoCo sim node runs the rover on sim time over real DDS (`real_time_factor` 1.5: faster starved the
+1. The MuJoCo sim node runs the robot on sim time over real DDS (`real_time_factor` 1.5: faster starved the
    operator of CPU on 2 cores, and its late commands showed as stale stretches in the dataset). An
-   operator node, standing in for a person with a joystick, drives it: the shipped rover policy
-   with Gaussian noise (0.1 x each command's scale) on every command, answering each laser scan
-   (20 Hz), reset when the sim starts a new episode. `liquid-control record` writes the spec's topics, /clock and the sim's
+   operator, standing in for a person with a joystick, drives it: the policy node with the
+   robot's shipped policy, whose commands the sim applies with Gaussian noise (`command_noise_std`
+   0.1 of each action's half range), so the demonstrations visit the states a shaky hand leads
+   to while their labels are the operator's intended commands. `liquid-control record` writes the spec's topics, /clock and the sim's
    ~/episode reports into an MCAP bag, which is then converted to sqlite3 with rosbags.
 2. `liquid-control dataset` on the sqlite3 copy (the MCAP one must give the same arrays).
-3. `imitate` on the first 1, 2, 5 and 10 minutes of it; each student's closed-loop return over
+3. `imitate` (config/train/<robot>_imitate.yaml) on the first 1, 2, 5 and 10 minutes of it; each student's closed-loop return over
    10 nominal episodes (seeds 100000+) of the gym env, against the operator's return on the same
    episodes (the sim node's reports over DDS are printed too).
 """
@@ -34,85 +35,46 @@ from liquid_control.core.policy import Policy  # noqa: E402
 from liquid_control.data.dataset import Dataset, build_dataset  # noqa: E402
 from liquid_control.demo import NodeProcess  # noqa: E402
 
-POLICY = REPO / "policies" / "rover_ltc19.lcp"
-CONFIG = {
-    "name": "rover_imitate",
-    "seed": 0,
-    "env": {"id": "LiquidControl/RoverLane-v0"},
-    "student": {"units": 19, "ode_unfolds": 6},
-    "distill": {"window": 32, "burn_in": 8, "batch_size": 16, "lr": 0.01, "lstm_lr": 0.003},
-    "imitate": {"max_rounds": 30, "epochs_per_round": 2, "patience": 6, "eval_episodes": 2},
-}
+POLICIES = {"rover": "rover_ltc19.lcp", "cartpole": "cartpole_ltc19.lcp"}
+NOISE = 0.1  # command noise, fraction of each action's half range
 
 
-def operator_main(seconds: float, noise: float, seed: int) -> None:
-    """The operator node (run in its own process): policy + noise on sim time."""
-    import rclpy
-    from rclpy.node import Node
-    from rclpy.parameter import Parameter
-    from std_msgs.msg import String
-
-    from liquid_control.core.adapters import ActionWriter, ObservationAssembler
-    from liquid_control.ros.messages import COMMAND_QOS, SENSOR_QOS, make_message, message_class
-
-    rclpy.init()
-    node = Node("operator", parameter_overrides=[Parameter("use_sim_time", value=True)])
-    policy = Policy.load(POLICY)
-    spec = policy.spec
-    asm = ObservationAssembler(spec)
-    writer = ActionWriter(spec)
-    rng = np.random.default_rng(seed)
-    pubs = {t: node.create_publisher(message_class(m), t, COMMAND_QOS) for t, m in spec.action_topics().items()}  # fmt: skip
-    for t, m in spec.observation_topics().items():
-        if t != "/scan":
-            node.create_subscription(message_class(m), t, lambda msg, t=t: asm.update(t, msg), SENSOR_QOS)  # fmt: skip
-    node.create_subscription(String, "/sim_node/episode", lambda _m: policy.reset(), 10)
-
-    def tick(msg: object) -> None:  # (on every scan: the operator answers what it sees, at 20 Hz)
-        asm.update("/scan", msg)
-        if not asm.ready:
-            return
-        a = policy.step(asm.raw())
-        a = np.clip(a + noise * spec.action_scale * rng.normal(size=a.shape), spec.action_low, spec.action_high)  # fmt: skip
-        for topic, (msg_type, _, _) in writer.topics.items():
-            pubs[topic].publish(writer.fill(topic, make_message(msg_type), a, make_message))
-
-    node.create_subscription(message_class("sensor_msgs/LaserScan"), "/scan", tick, SENSOR_QOS)
-
-    end = time.monotonic() + seconds
-    while rclpy.ok() and time.monotonic() < end:
-        rclpy.spin_once(node, timeout_sec=0.1)
-    node.destroy_node()
-    rclpy.shutdown()
-
-
-def record_demonstration(out: Path, minutes: float, rtf: float) -> Path:
+def record_demonstration(robot: str, out: Path, minutes: float, rtf: float) -> Path:
     bag = out / "demo_mcap"
     if bag.exists():
         return bag
     wall = minutes * 60.0 / rtf
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    policy = REPO / "policies" / POLICIES[robot]
     sim = NodeProcess(
         "liquid_control.ros.sim_node",
-        {"robot": "rover", "seed": 7, "real_time_factor": rtf},
+        {"robot": robot, "seed": 7, "real_time_factor": rtf, "command_noise_std": NOISE},
         logs / "sim.log",
     )
-    op = subprocess.Popen([sys.executable, __file__, "--operator", str(wall + 20)], cwd=REPO)
-    time.sleep(3.0)  # (both up and matched before the recording starts)
-    rec = subprocess.run(
-        [sys.executable, "-m", "liquid_control.cli", "record", "--spec", str(POLICY), "-o",
-         str(bag) + ".part", "--duration", str(wall), "--use-sim-time",
-         "--topic", "/sim_node/episode"],
-        cwd=REPO, capture_output=True, text=True,
+    op = NodeProcess(
+        "liquid_control.ros.policy_node",
+        {"policy_path": str(policy), "use_sim_time": True, "estop_required_at_start": False,
+         "estop_discovery_s": 0.0},
+        logs / "operator.log",
     )  # fmt: skip
-    op.terminate()
-    op.wait(10)
-    sim.stop()
+    part = Path(str(bag) + ".part")
+    shutil.rmtree(part, ignore_errors=True)  # (a run killed while recording)
+    try:
+        time.sleep(3.0)  # (both up and matched before the recording starts)
+        rec = subprocess.run(
+            [sys.executable, "-m", "liquid_control.cli", "record", "--spec", str(policy), "-o",
+             str(part), "--duration", str(wall), "--use-sim-time",
+             "--topic", "/sim_node/episode"],
+            cwd=REPO, capture_output=True, text=True, timeout=wall + 120,
+        )  # fmt: skip
+    finally:  # (a sim node left running would publish its /clock into the next run)
+        op.stop()
+        sim.stop()
     if rec.returncode != 0:
         raise SystemExit(f"record failed:\n{rec.stdout}\n{rec.stderr}")
     print(rec.stdout)
-    shutil.move(str(bag) + ".part", bag)
+    shutil.move(part, bag)
     return bag
 
 
@@ -146,7 +108,7 @@ def first_minutes(data: Dataset, minutes: float) -> Dataset:
 
 
 class NoisyAgent:
-    """The operator on the gym env: the policy's actions plus the same command noise."""
+    """The operator on the gym env: the policy's actions with the sim node's command noise."""
 
     def __init__(self, policy: Policy, noise: float, seed: int) -> None:
         from liquid_control.train.rollout import PolicyAgent
@@ -163,7 +125,8 @@ class NoisyAgent:
 
     def act(self, obs: np.ndarray, dt: np.ndarray) -> np.ndarray:
         a = self.inner.act(obs, dt)
-        a = a + self.noise * self.spec.action_scale * self.rng.normal(size=a.shape)
+        half = (self.spec.action_high - self.spec.action_low) / 2  # (as the sim node's noise)
+        a = a + self.noise * half * self.rng.normal(size=a.shape)
         return np.clip(a, self.spec.action_low, self.spec.action_high)
 
 
@@ -201,27 +164,26 @@ def lstm_returns(cfg, run: Path, episodes: int = 10) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--robot", choices=sorted(POLICIES), default="rover")
     ap.add_argument("--minutes", type=float, default=10.0, help="demonstration length (sim time)")
     ap.add_argument("--curve", default="1,2,5,10", help="minutes of demonstration to train on")
     ap.add_argument("--rtf", type=float, default=1.5, help="sim real-time factor")
-    ap.add_argument("--out", default="runs/imitate_bench")
-    ap.add_argument("--operator", type=float, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=None, help="default runs/imitate_<robot>")
     args = ap.parse_args()
-    if args.operator is not None:
-        operator_main(args.operator, noise=0.1, seed=1)
-        return
+    policy_path = REPO / "policies" / POLICIES[args.robot]
     import torch
 
-    from liquid_control.train.config import config_from_dict
+    from liquid_control.train.config import load_config
     from liquid_control.train.imitate import imitate
 
     torch.set_num_threads(1)
-    out = REPO / args.out
+    out = REPO / (args.out or f"runs/imitate_{args.robot}")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    mcap = record_demonstration(out, args.minutes, args.rtf)
+    mcap = record_demonstration(args.robot, out, args.minutes, args.rtf)
     sqlite = to_sqlite3(mcap, out / "demo_sqlite3")
-    data = build_dataset([sqlite], Policy.load(POLICY).spec)
+    shipped = Policy.load(policy_path)
+    data = build_dataset([sqlite], shipped.spec)
     same = build_dataset([mcap], data.spec)
     assert np.array_equal(same.obs, data.obs) and np.array_equal(same.action, data.action)
     complete = operator_returns(mcap)  # (the sim reports an episode when it ends)
@@ -229,8 +191,8 @@ def main() -> None:
     print(f"demonstration: {data.dt.sum() / 60:.1f} min in {len(data.episodes)} episodes, "
           f"{len(complete)} sim episodes, operator return {dds_op:.1f} over DDS (recorded in "
           f"{time.time() - t0:.0f} s)")  # fmt: skip
-    cfg = config_from_dict(CONFIG)
-    gym_op = closed_loop(Policy.load(POLICY), cfg, noise=0.1)
+    cfg = load_config(REPO / "config" / "train" / f"{args.robot}_imitate.yaml")
+    gym_op = closed_loop(shipped, cfg, noise=NOISE)
     op_mean = float(gym_op.mean())  # (the same episodes as the students)
     print(f"operator on the gym env (same 10 seeds as the students): {op_mean:.1f} +- {gym_op.std():.1f}")  # fmt: skip
     rows = []
