@@ -120,3 +120,38 @@ def test_a_killed_run_resumes_to_the_same_policy(demos, tmp_path):
     )
     for k in a.params:
         np.testing.assert_array_equal(a.params[k], b.params[k])
+
+
+FINETUNE = {**CONFIG, "imitate": {"max_rounds": 3, "epochs_per_round": 1, "eval_episodes": 1,
+                                  "lstm": False, "keep_sim_return": 0.95}}  # fmt: skip
+
+
+def test_fine_tuning_on_logs_starts_from_the_policy_and_reports_what_changed(demos, tmp_path):
+    folder, _ = demos
+    init = Policy.load(ROVER)
+    done = imitate(config_from_dict(FINETUNE), [folder], tmp_path / "ft", progress=False, init=init)
+    assert done["initial"]["return"] > 250 and set(done["best"]) == {"ltc"}
+    history = json.loads((tmp_path / "ft" / "imitate" / "history.json").read_text())
+    assert all("ltc_within_guard" in r for r in history)
+    tuned = Policy.load(done["policy"])
+    assert tuned.spec.to_dict() == init.spec.to_dict()  # (its normalisation kept, not refitted)
+    assert done["relative_change"] and max(done["relative_change"].values()) > 0
+    if done["best"]["ltc"]["round"] >= 0:
+        assert done["best"]["ltc"]["return"] >= 0.95 * done["initial"]["return"]
+
+
+def test_the_forgetting_guard_keeps_the_policy_when_the_logs_would_ruin_it(demos, tmp_path):
+    _, d = demos
+    # "corrections" that stop the rover: fitting them drives the sim return to nothing
+    bad = Dataset(d.spec, d.obs, np.zeros_like(d.action), d.dt, d.t, d.episode, d.reset,
+                  "bad", {}, {})  # fmt: skip
+    bad.save(tmp_path / "bad")
+    cfg = config_from_dict({**FINETUNE, "distill": {**CONFIG["distill"], "lr": 0.05}})
+    init = Policy.load(ROVER)
+    done = imitate(cfg, [tmp_path / "bad"], tmp_path / "ft", progress=False, init=init)
+    history = json.loads((tmp_path / "ft" / "imitate" / "history.json").read_text())
+    assert not any(r["ltc_within_guard"] for r in history), history
+    assert done["best"]["ltc"]["round"] == -1  # the initial policy stays
+    kept = Policy.load(done["policy"])
+    for k in init.params:
+        np.testing.assert_allclose(kept.params[k], init.params[k], rtol=1e-6, atol=1e-6)

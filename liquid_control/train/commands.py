@@ -46,6 +46,13 @@ def register(subparsers) -> None:
     p.add_argument("--config", required=True, help="training YAML (student, distill, imitate)")
     p.add_argument("--out", required=True, help="run folder (imitate/ is written in it)")
     p.add_argument("--resume", action="store_true", help="continue from the last round")
+    p.add_argument(
+        "--init",
+        default=None,
+        metavar="POLICY",
+        help="fine-tune this policy (.lcp, e.g. sim-trained) on the logs, within the forgetting "
+        "guard (imitate.keep_sim_return of its return on the config's env)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_imitate)
 
@@ -79,6 +86,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _imitate(args: argparse.Namespace) -> int:
+    from ..core.policy import Policy
+    from ..core.policy_file import PolicyFileError
     from ..core.spec import SpecError
     from ..data.dataset import DatasetError
     from .config import ConfigError, load_config
@@ -86,10 +95,15 @@ def _imitate(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config(args.config)
-        done = imitate(cfg, args.datasets, args.out, args.resume, not args.no_progress)
-    except (ConfigError, DatasetError, SpecError) as exc:
+        init = Policy.load(args.init) if args.init else None
+        done = imitate(cfg, args.datasets, args.out, args.resume, not args.no_progress, init)
+    except (ConfigError, DatasetError, SpecError, PolicyFileError) as exc:
         print(f"liquid-control imitate: {exc}", file=sys.stderr)
         return 2
+    if done.get("initial"):
+        i = done["initial"]
+        ret = f", return {i['return']:.2f}" if i.get("return") is not None else ""
+        print(f"initial policy: validation loss {i['val_loss']:.5f}{ret}")
     for name, b in done["best"].items():
         ret = f", return {b['return']:.2f}" if b.get("return") is not None else ""
         print(f"{name}: validation loss {b['val_loss']:.5f} (round {b['round']}){ret}")

@@ -111,6 +111,9 @@ class ImitateConfig:
     patience: int = 6  # rounds without a better validation loss before stopping
     eval_episodes: int = 0  # closed-loop episodes per round on `env` (0: validation loss only)
     lstm: bool = True  # also train the LSTM of equal neuron count, for comparison
+    # fine-tuning (--init POLICY): a round counts only if its return on `env` keeps this fraction
+    # of the initial policy's (the guard against forgetting; needs eval_episodes > 0)
+    keep_sim_return: float = 0.95
 
 
 @dataclass(frozen=True)
@@ -255,6 +258,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if not 0.0 < cfg.imitate.val_fraction < 1.0:
         raise ConfigError(
             f"imitate.val_fraction: expected a value in (0, 1), got {cfg.imitate.val_fraction!r}"
+        )
+    if not 0.0 <= cfg.imitate.keep_sim_return <= 1.0:
+        raise ConfigError(
+            "imitate.keep_sim_return: expected a fraction in [0, 1], got "
+            f"{cfg.imitate.keep_sim_return!r}"
         )
     if cfg.imitate.eval_episodes < 0:
         raise ConfigError(

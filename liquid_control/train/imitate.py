@@ -191,8 +191,16 @@ def imitate(
     run_dir: str | os.PathLike,
     resume: bool = False,
     progress: bool = True,
+    init: Any = None,
 ) -> dict[str, Any]:
-    """Train on the datasets in `folders`; returns the done record (paths and figures)."""
+    """Train on the datasets in `folders`; returns the done record (paths and figures).
+
+    With `init` (a `Policy`, e.g. trained in sim) the LTC starts from its weights and keeps its
+    spec and normalisation (fine-tuning on the robot's logs; no LSTM). The guard against
+    forgetting: a round counts only if its closed-loop return on the config's env stays at least
+    `imitate.keep_sim_return` of the initial policy's (on the same episodes); among those the
+    lowest validation loss on the logs wins, and the initial policy stays if none beats it. The
+    done record says what changed (relative change of each parameter)."""
     import torch
     from tqdm import tqdm
 
@@ -206,19 +214,9 @@ def imitate(
         return read_json(out / "done.json")
     digest = _data_hash(data)
     train_mask, val_mask = split(data, im.val_fraction)
-    spec = fit_normalization(data.spec, data.obs[train_mask])
-    if im.eval_episodes > 0:
-        from .distill import base_spec
-
-        try:
-            base_spec(cfg).check_compatible(data.spec)
-        except SpecError as exc:
-            raise ConfigError(f"env.id {cfg.env.id!r} does not fit the dataset: {exc}") from None
-    train, val = _windows(data, spec, train_mask), _windows(data, spec, val_mask)
     torch.set_num_threads(cfg.torch_threads)
-    students = make_students(cfg, spec.obs_dim, spec.action_dim)
-    if not im.lstm:
-        students.pop("lstm", None)
+    spec, students = _starting_point(cfg, data, train_mask, init)
+    train, val = _windows(data, spec, train_mask), _windows(data, spec, val_mask)
     lrs = {"ltc": d.lr, "lstm": d.lstm_lr}
     optims = {k: torch.optim.Adam(m.parameters(), lr=lrs[k]) for k, m in students.items()}
     state: dict[str, Any] = {
@@ -228,6 +226,7 @@ def imitate(
         "stale": {},
         "lowest_val_loss": {},
         "data": digest,
+        "initial": None,
     }
     index = out / "progress.json"
     if index.exists():
@@ -243,6 +242,15 @@ def imitate(
             optims[k].load_state_dict(read_state_dicts(out / state["optim"][k])["optim"])
     else:
         write_json(out / "spec.json", spec.to_dict())
+        if init is not None:  # the starting point is the first candidate
+            model = students["ltc"]
+            model.eval()
+            vloss = validation_loss(model, val, spec, cfg)
+            ret = _closed_loop(model, spec, cfg) if im.eval_episodes > 0 else None
+            state["initial"] = {"val_loss": vloss, "return": ret}
+            state["best"]["ltc"] = {"val_loss": vloss, "return": ret, "round": -1}
+            write_tensors(out / "best_ltc.safetensors", model.state_dict())
+            write_tensors(out / "initial_ltc.safetensors", model.state_dict())
     sub = _with_epochs(cfg, im.epochs_per_round)
     bar = tqdm(total=im.max_rounds, initial=state["round"], desc="imitate", unit="round",
                disable=not progress, mininterval=2.0)  # fmt: skip
@@ -264,6 +272,33 @@ def imitate(
     return _finish(cfg, out, state, students, spec, data, folders)
 
 
+def _starting_point(
+    cfg: TrainConfig, data: Dataset, train_mask: np.ndarray, init: Any
+) -> tuple[InterfaceSpec, dict[str, Any]]:
+    """The spec (the init policy's, else normalisation fitted to the training ticks) and the
+    students (the init policy's LTC, else new ones of the config's sizes)."""
+    if cfg.imitate.eval_episodes > 0:
+        from .distill import base_spec
+
+        try:
+            base_spec(cfg).check_compatible(data.spec)
+        except SpecError as exc:
+            raise ConfigError(f"env.id {cfg.env.id!r} does not fit the dataset: {exc}") from None
+    if init is not None:
+        from ..nn import LTC
+
+        try:
+            init.spec.check_compatible(data.spec)
+        except SpecError as exc:
+            raise ConfigError(f"--init: the policy does not fit the datasets: {exc}") from None
+        return init.spec, {"ltc": LTC.from_policy(init)}
+    spec = fit_normalization(data.spec, data.obs[train_mask])
+    students = make_students(cfg, spec.obs_dim, spec.action_dim)
+    if not cfg.imitate.lstm:
+        students.pop("lstm", None)
+    return spec, students
+
+
 def _student_round(
     cfg: TrainConfig,
     out: Path,
@@ -282,9 +317,8 @@ def _student_round(
     model.eval()
     vloss = validation_loss(model, val, spec, cfg)
     record[f"{name}_val_loss"] = vloss
-    ret = None
-    if im.eval_episodes > 0:
-        ret = evaluate_student(model, spec, cfg, im.eval_episodes, seed=20_000 + 17 * r)
+    ret = _closed_loop(model, spec, cfg) if im.eval_episodes > 0 else None
+    if ret is not None:
         record[f"{name}_return"] = ret
     lowest = state["lowest_val_loss"].get(name)
     if lowest is None or vloss < lowest:  # (the stopping rule follows the loss)
@@ -292,10 +326,25 @@ def _student_round(
     else:
         state["stale"][name] = state["stale"].get(name, 0) + 1
     best = state["best"].get(name)
-    if best is None or (ret > best["return"] if ret is not None else vloss < best["val_loss"]):
+    initial = state.get("initial")
+    if initial is not None:  # fine-tuning: the logs' loss decides, within the guard
+        floor = (initial["return"] or 0.0) * im.keep_sim_return
+        kept = ret is None or initial["return"] is None or ret >= floor
+        record[f"{name}_within_guard"] = kept
+        better = kept and vloss < best["val_loss"]
+    else:
+        better = best is None or (
+            ret > best["return"] if ret is not None else vloss < best["val_loss"]
+        )
+    if better:
         write_tensors(out / f"best_{name}.safetensors", model.state_dict())
         state["best"][name] = {"val_loss": vloss, "return": ret, "round": r}
     return record
+
+
+def _closed_loop(model: Any, spec: InterfaceSpec, cfg: TrainConfig) -> float:
+    """Mean return on the config's env, the same episodes every round (comparable)."""
+    return evaluate_student(model, spec, cfg, cfg.imitate.eval_episodes, seed=20_000)
 
 
 def _with_epochs(cfg: TrainConfig, epochs: int) -> TrainConfig:
@@ -346,6 +395,13 @@ def _finish(
     )
     path = out / f"{cfg.name}_ltc{cfg.student.units}.lcp"
     policy.save(path)
+    changed = {}
+    if state.get("initial") is not None:
+        before = read_tensors(out / "initial_ltc.safetensors")
+        after = model.state_dict()
+        for k, w in before.items():
+            norm = float(w.float().norm())
+            changed[k] = round(float((after[k].float() - w.float()).norm()) / max(norm, 1e-12), 6)
     done = {
         "policy": str(path),
         "rounds": state["round"],
@@ -353,6 +409,8 @@ def _finish(
         "ticks": int(data.dt.size),
         "demonstration_s": round(float(data.dt.sum()), 3),
         "labels_clipped": clipped,
+        "initial": state.get("initial"),
+        "relative_change": changed,
     }
     write_json(out / "history.json", state["history"])
     write_json(out / "done.json", done)
