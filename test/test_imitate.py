@@ -16,7 +16,7 @@ pytest.importorskip("torch")
 
 from liquid_control.core.policy import Policy
 from liquid_control.data.dataset import Dataset
-from liquid_control.train.config import config_from_dict
+from liquid_control.train.config import ConfigError, config_from_dict
 from liquid_control.train.envs import make_env
 from liquid_control.train.imitate import imitate, simulated_demonstrations, split
 from liquid_control.train.rollout import PolicyAgent, run_episodes
@@ -138,6 +138,8 @@ def test_fine_tuning_on_logs_starts_from_the_policy_and_reports_what_changed(dem
     assert done["relative_change"] and max(done["relative_change"].values()) > 0
     if done["best"]["ltc"]["round"] >= 0:
         assert done["best"]["ltc"]["return"] >= 0.95 * done["initial"]["return"]
+    with pytest.raises(ConfigError, match="started from --init"):  # (not silently mixed up)
+        imitate(config_from_dict(FINETUNE), [folder], tmp_path / "ft", resume=True, progress=False)
 
 
 def test_the_forgetting_guard_keeps_the_policy_when_the_logs_would_ruin_it(demos, tmp_path):

@@ -210,9 +210,13 @@ def imitate(
     if out.exists() and not resume and any(out.iterdir()):
         raise ConfigError(f"{out} exists: pass --resume to continue it, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    digest = _data_hash(data)
+    init_hash = init.content_hash if init is not None else None
+    index = out / "progress.json"
+    if index.exists():
+        _check_resumable(out, read_json(index), digest, init_hash)
     if (out / "done.json").exists():
         return read_json(out / "done.json")
-    digest = _data_hash(data)
     train_mask, val_mask = split(data, im.val_fraction)
     torch.set_num_threads(cfg.torch_threads)
     spec, students = _starting_point(cfg, data, train_mask, init)
@@ -226,16 +230,11 @@ def imitate(
         "stale": {},
         "lowest_val_loss": {},
         "data": digest,
+        "init": init_hash,
         "initial": None,
     }
-    index = out / "progress.json"
     if index.exists():
         state = read_json(index)
-        if state.get("data") != digest:
-            raise ConfigError(
-                f"{out}: the datasets differ from the ones this run started with "
-                f"(hash {digest}, the run has {state.get('data')}); use another --out"
-            )
         spec = InterfaceSpec.from_dict(read_json(out / "spec.json"))
         for k, m in students.items():
             m.load_state_dict(read_tensors(out / state["weights"][k]))
@@ -270,6 +269,20 @@ def imitate(
         _save_round(out, state, r + 1, students, optims)
     bar.close()
     return _finish(cfg, out, state, students, spec, data, folders)
+
+
+def _check_resumable(out: Path, state: dict, digest: str, init_hash: str | None) -> None:
+    """A run continues only on the data and the starting policy it began with."""
+    if state.get("data") != digest:
+        raise ConfigError(
+            f"{out}: the datasets differ from the ones this run started with (hash {digest}, "
+            f"the run has {state.get('data')}); use another --out"
+        )
+    if state.get("init") != init_hash:
+        raise ConfigError(
+            f"{out}: this run started from --init {state.get('init') or '(none)'}, not from "
+            f"{init_hash or '(none)'}; pass the same --init, or use another --out"
+        )
 
 
 def _starting_point(
