@@ -103,6 +103,19 @@ def test_recorded_bag_gives_datasets_and_an_exact_replay(tmp_path):
         topics = {c.topic: c.msgtype for c in reader.connections}
         assert reader.message_count > 300
     assert topics["/scan"] == "sensor_msgs/msg/LaserScan"
+    # the publishers' QoS, as ros2 bag stores it (the debug rows: reliable, volatile)
+    import yaml
+
+    info = yaml.safe_load((bag / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    qos = {
+        t["topic_metadata"]["name"]: t["topic_metadata"]["offered_qos_profiles"]
+        for t in info["topics_with_message_count"]
+    }
+    debug_qos = qos["/policy_node/observation"]
+    assert [(q["reliability"], q["durability"]) for q in debug_qos] == [("reliable", "volatile")]
+    # one profile per publisher the recorder saw when it subscribed (the commands may have two:
+    # the control process and the node's watchdog, which publishes the safe action itself)
+    assert all(len(qos[t]) >= 1 for t in ("/scan", "/odom", "/imu", "/cmd_vel")), qos
     assert topics["/policy_node/observation"] == "std_msgs/msg/Float64MultiArray"
 
     debug = build_dataset([bag], policy.spec)

@@ -1,8 +1,8 @@
 """A rosbag2 recorder in rclpy, for pip-only installs where the ``ros2 bag`` CLI is absent.
 
-It writes what ``ros2 bag record`` writes: a bag folder with ``metadata.yaml`` and one MCAP file
-whose schemas hold the message definitions (``ros2msg``) and whose channels carry the topic,
-type hash and offered QoS, by `rosbags`' writer. Messages are taken serialized (never decoded)
+It writes what ``ros2 bag record`` writes: a bag folder with ``metadata.yaml`` (with each topic's
+offered QoS profiles) and one MCAP file whose schemas hold the message definitions (``ros2msg``)
+and whose channels carry the topic and type hash, by `rosbags`' writer. Messages are taken serialized (never decoded)
 and stamped with the receive time on the node's clock: the system clock, or /clock with
 ``use_sim_time`` (as ``ros2 bag record --use-sim-time``).
 
@@ -37,6 +37,46 @@ from rclpy.signals import SignalHandlerOptions
 from ..data.bag import default_typestore
 
 __all__ = ["Recorder", "record"]
+
+
+_INFINITE_NS = 2**63 - 1
+
+
+def _bag_qos(q: Any) -> Any:
+    """An rclpy QoS profile as rosbags writes it into metadata.yaml (offered_qos_profiles, as
+    `ros2 bag record` does; the enum values are the same rmw numbers)."""
+    from rosbags.interfaces import (
+        Qos,
+        QosDurability,
+        QosHistory,
+        QosLiveliness,
+        QosReliability,
+        QosTime,
+    )
+
+    def time(d: Any) -> Any:
+        ns = int(d.nanoseconds)
+        if ns >= _INFINITE_NS:  # (rmw's "infinite", as ros2 bag writes it)
+            return QosTime(2147483647, 4294967295)
+        return QosTime(ns // 10**9, ns % 10**9)
+
+    def enum(cls: Any, value: Any) -> Any:
+        try:
+            return cls(int(value))
+        except ValueError:
+            return cls.UNKNOWN
+
+    return Qos(
+        enum(QosHistory, q.history),
+        int(q.depth),
+        enum(QosReliability, q.reliability),
+        enum(QosDurability, q.durability),
+        time(q.deadline),
+        time(q.lifespan),
+        enum(QosLiveliness, q.liveliness),
+        time(q.liveliness_lease_duration),
+        bool(q.avoid_ros_namespace_conventions),
+    )
 
 
 class Recorder(Node):
@@ -91,9 +131,10 @@ class Recorder(Node):
                 )
                 self._skipped.add(topic)
                 continue
+            offered = [_bag_qos(i.qos_profile) for i in self.get_publishers_info_by_topic(topic)]
             with self._lock:
                 self._connections[topic] = self._writer.add_connection(
-                    topic, ros_type, typestore=self._store
+                    topic, ros_type, typestore=self._store, offered_qos_profiles=offered
                 )
             self.counts[topic] = 0
             self.create_subscription(
