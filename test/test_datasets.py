@@ -72,6 +72,7 @@ def test_sampling_takes_the_newest_message_and_the_command_that_answered_it(tmp_
     np.testing.assert_allclose(d.obs[:, 0], 1.0 + 0.001 * k, rtol=1e-6)  # float32 ranges
     np.testing.assert_allclose(d.action, np.stack([0.01 * k, -0.01 * k], 1))
     np.testing.assert_allclose(d.dt, 0.05)
+    assert not d.reset.any()  # (what ran before the recording began is unknown)
     topics = d.report["bags"][0]["topics"]
     assert topics["/imu"]["rate_hz"] == pytest.approx(100.0)
     assert topics["/scan"]["valid"] == 200
@@ -91,6 +92,7 @@ def test_a_gap_in_an_input_cuts_the_episode_and_is_counted(tmp_path):
     msgs = rover_messages(10.0, skip={"/odom": (3.0, 4.0)})
     d = build_dataset([bags.write_bag(tmp_path / "b", msgs)], SPEC)
     assert len(d.episodes) == 2
+    assert d.reset[d.episodes[1].start] and not d.reset[0]  # (a node resets after stale inputs)
     dropped = d.report["bags"][0]["ticks_dropped"]
     # the last odom before the gap is at 2.95 s: ticks 3.25 .. 3.95 (15) see it > 0.25 s old
     assert dropped == {"stale_input": 15}

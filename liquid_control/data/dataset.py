@@ -683,7 +683,12 @@ def _sampled_ticks(
         out["dt"].append(np.full(int(ok.sum()), period))
         out["t"].append(ticks[ok])
         out["episode"].append(ep[ok])
-        out["reset"].append(np.r_[True, ep[ok][1:] != ep[ok][:-1]] if ok.any() else ok[ok])
+        # a node resets its state after a stale stretch, a reset or a clock jump; at the start
+        # of the recording its state is unknown (a replay compares that episode after warm-up)
+        reset = np.r_[True, ep[ok][1:] != ep[ok][:-1]] if ok.any() else ok[ok]
+        if reset.size and g == 0 and ok[0]:
+            reset[0] = False
+        out["reset"].append(reset)
     report["ticks_dropped"] = {k: v for k, v in dropped.items() if v}
     if not out["dt"]:
         return _empty(spec)
