@@ -117,10 +117,6 @@ class Dataset:
         bounds = [0, *cut.tolist(), self.episode.size]
         return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
-    @property
-    def duration_s(self) -> float:
-        return float(self.dt.sum())
-
     def save(self, folder: str | os.PathLike) -> Path:
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
