@@ -157,3 +157,72 @@ def test_the_forgetting_guard_keeps_the_policy_when_the_logs_would_ruin_it(demos
     kept = Policy.load(done["policy"])
     for k in init.params:
         np.testing.assert_allclose(kept.params[k], init.params[k], rtol=1e-6, atol=1e-6)
+
+
+ROVER_TEACHER = {
+    "name": "rover_teacher_tiny",
+    "seed": 1,
+    "env": {"id": "LiquidControl/RoverLane-v0"},
+    "teacher": {"algo": "PPO", "total_timesteps": 1024, "n_envs": 2, "net_arch": [16, 16],
+                "hyperparams": {"n_steps": 256, "batch_size": 128, "n_epochs": 1},
+                "eval_freq": 1024, "eval_episodes": 1, "checkpoint_freq": 1024},
+    "distill": {"n_envs": 2},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def rover_run(tmp_path_factory):
+    """A `liquid-control train` run folder with a (tiny, barely trained) rover teacher."""
+    from liquid_control.train.pipeline import run_pipeline
+
+    run = tmp_path_factory.mktemp("sim") / "rover_run"
+    run_pipeline(config_from_dict(ROVER_TEACHER), run, stages=("teacher",), progress=False)
+    return run
+
+
+def test_mix_sim_adds_dagger_steps_labelled_by_the_runs_teacher(demos, rover_run, tmp_path):
+    from liquid_control.train.io import read_arrays
+    from liquid_control.train.teacher import Teacher
+
+    folder, _ = demos
+    config = {**FINETUNE, "imitate": {**FINETUNE["imitate"], "max_rounds": 2,
+                                      "mix_sim_steps": 300, "mix_sim_max_steps": 5000}}  # fmt: skip
+    cfg, init = config_from_dict(config), Policy.load(ROVER)
+    done = imitate(cfg, [folder], tmp_path / "mix", progress=False, init=init, mix_sim=rover_run)
+    out = tmp_path / "mix" / "imitate"
+    history = json.loads((out / "history.json").read_text())
+    assert [r["sim_steps"] for r in history] == [300, 600]  # (aggregated, DAgger-style)
+    assert done["mix_sim"]["run"] == str(rover_run)
+    assert Policy.load(done["policy"]).provenance["mix_sim"] == done["mix_sim"]
+    # the sim steps are labelled by the run's teacher on the states the student visited
+    sim = read_arrays(out / json.loads((out / "progress.json").read_text())["sim"])
+    teacher = Teacher.load(rover_run / "teacher", "PPO")
+    spec = init.spec
+    want = spec.to_network(np.clip(teacher.act(sim["obs"]), spec.action_low, spec.action_high))
+    np.testing.assert_allclose(sim["label"], want, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(sim["obs"][:, :2], sim["obs"][0, :2])  # (it drove somewhere)
+    # a run continues only with the sim it started with
+    with pytest.raises(ConfigError, match="--mix-sim"):
+        imitate(cfg, [folder], tmp_path / "mix", resume=True, progress=False, init=init)
+
+
+def test_mix_sim_refuses_a_run_that_does_not_fit_in_one_line(demos, rover_run, tmp_path):
+    import shutil
+
+    folder, _ = demos
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps(FINETUNE))
+    other = tmp_path / "cartpole_run"
+    shutil.copytree(rover_run, other)
+    stored = json.loads((other / "config.json").read_text())
+    stored["env"]["id"] = "LiquidControl/CartPoleSwingUp-v0"
+    (other / "config.json").write_text(json.dumps(stored))
+    for run, message in ((other, "does not fit the datasets"),
+                         (tmp_path, "expected a run folder")):  # fmt: skip
+        r = subprocess.run(
+            [sys.executable, "-m", "liquid_control.cli", "imitate", str(folder), "--config",
+             str(cfg), "--out", str(tmp_path / "r"), "--mix-sim", str(run)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert r.returncode == 2 and message in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr

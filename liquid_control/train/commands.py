@@ -53,6 +53,13 @@ def register(subparsers) -> None:
         help="fine-tune this policy (.lcp, e.g. sim-trained) on the logs, within the forgetting "
         "guard (imitate.keep_sim_return of its return on the config's env)",
     )
+    p.add_argument(
+        "--mix-sim",
+        default=None,
+        metavar="RUN",
+        help="a run folder of `liquid-control train`: each round also trains on "
+        "imitate.mix_sim_steps DAgger steps in its sim, labelled by its teacher",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_imitate)
 
@@ -96,7 +103,9 @@ def _imitate(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config)
         init = Policy.load(args.init) if args.init else None
-        done = imitate(cfg, args.datasets, args.out, args.resume, not args.no_progress, init)
+        done = imitate(
+            cfg, args.datasets, args.out, args.resume, not args.no_progress, init, args.mix_sim
+        )
     except (ConfigError, DatasetError, SpecError, PolicyFileError) as exc:
         print(f"liquid-control imitate: {exc}", file=sys.stderr)
         return 2

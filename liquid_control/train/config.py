@@ -114,6 +114,10 @@ class ImitateConfig:
     # fine-tuning (--init POLICY): a round counts only if its return on `env` keeps this fraction
     # of the initial policy's (the guard against forgetting; needs eval_episodes > 0)
     keep_sim_return: float = 0.95
+    # --mix-sim RUN: each round, this many DAgger steps in RUN's sim (the LTC drives, RUN's teacher
+    # labels) join the training windows, so the logs do not pull the policy off what the sim taught
+    mix_sim_steps: int = 2000
+    mix_sim_max_steps: int = 20000  # the sim buffer keeps the newest trajectories up to this
 
 
 @dataclass(frozen=True)
@@ -252,6 +256,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         ("imitate.max_rounds", cfg.imitate.max_rounds),
         ("imitate.epochs_per_round", cfg.imitate.epochs_per_round),
         ("imitate.patience", cfg.imitate.patience),
+        ("imitate.mix_sim_steps", cfg.imitate.mix_sim_steps),
+        ("imitate.mix_sim_max_steps", cfg.imitate.mix_sim_max_steps),
         ("torch_threads", cfg.torch_threads),
     ):
         _positive(where, v)

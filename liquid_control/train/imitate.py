@@ -32,9 +32,11 @@ from .config import ConfigError, TrainConfig
 from .distill import Dataset as Windows
 from .distill import evaluate_student, fit_normalization, make_students, train_student
 from .io import (
+    read_arrays,
     read_json,
     read_state_dicts,
     read_tensors,
+    write_arrays,
     write_json,
     write_state_dicts,
     write_tensors,
@@ -49,11 +51,20 @@ def simulated_demonstrations(
     seconds: float,
     noise: float = 0.1,
     seed: int = 0,
+    driver: Any = None,
+    beta: float = 0.0,
+    perturb: dict[str, float] | None = None,
 ) -> Dataset:
-    """Demonstrations in the config's env from an `operator` policy (a `Policy`: a shipped or
-    teacher-distilled one) whose commands get Gaussian noise of `noise` x each action's scale,
-    clipped to the limits: a stand-in for a person with a joystick. The commands applied are the
-    labels, as in a bag. `report["operator_returns"]` holds the return of each complete episode."""
+    """Demonstrations in the config's env from an `operator` policy (a `Policy`, or anything with
+    its `spec`, `reset()` and `step(obs, dt)`) whose commands get Gaussian noise of `noise` x each
+    action's scale, clipped to the limits: a stand-in for a person with a joystick. The operator's
+    commands are the labels, as in a bag.
+
+    With a `driver` (e.g. the sim-trained policy on the robot), the driver acts and the operator's
+    command is executed instead on a `beta` fraction of the ticks: the operator's corrections
+    label every tick the driver visits (DAgger-style intervention logs). `perturb` (keys of
+    ``liquid-control eval --perturb``) shifts the env, e.g. to play a robot unlike the sim.
+    `report["operator_returns"]` holds the return of each complete episode."""
     from .envs import make_env
 
     spec = operator.spec
@@ -61,19 +72,26 @@ def simulated_demonstrations(
     need = int(round(seconds * spec.control_rate_hz))
     rows: dict[str, list] = {k: [] for k in ("obs", "action", "dt", "episode", "reset")}
     returns: list[float] = []
-    env = make_env(cfg.env, seed=seed, randomize=False)
+    env = make_env(cfg.env, seed=seed, randomize=False, perturb=perturb)
     ep = 0
     while len(rows["dt"]) < need:
         obs, _ = env.reset(seed=seed * 1000 + ep)
         operator.reset()
+        if driver is not None:
+            driver.reset()
         total, first, dt = 0.0, True, spec.control_period_s
         while len(rows["dt"]) < need:
-            a = operator.step(np.asarray(obs, np.float64), dt)
+            o = np.asarray(obs, np.float64)
+            a = operator.step(o, dt)
             a = a + noise * spec.action_scale * rng.normal(size=a.shape)
             a = np.clip(a, spec.action_low, spec.action_high)
+            executed = a
+            if driver is not None:
+                mine = np.asarray(driver.step(o, dt), np.float64)
+                executed = a if rng.random() < beta else mine
             for k, v in zip(rows, (obs, a, dt, ep, first), strict=True):
                 rows[k].append(v)
-            obs, r, terminated, truncated, info = env.step(a.astype(env.action_space.dtype))
+            obs, r, terminated, truncated, info = env.step(executed.astype(env.action_space.dtype))
             total += float(r)
             dt, first = float(info.get("dt", spec.control_period_s)), False
             if terminated or truncated:
@@ -82,6 +100,9 @@ def simulated_demonstrations(
         ep += 1
     env.close()
     dt_arr = np.array(rows["dt"], np.float64)
+    settings = {"noise": noise, "seed": seed, "env": cfg.env.id, "perturb": dict(perturb or {})}
+    if driver is not None:
+        settings["beta"] = beta
     return Dataset(
         spec,
         np.array(rows["obs"], np.float64),
@@ -91,7 +112,7 @@ def simulated_demonstrations(
         np.array(rows["episode"], np.int64),
         np.array(rows["reset"], bool),
         "simulated",
-        {"noise": noise, "seed": seed, "env": cfg.env.id},
+        settings,
         {"operator_returns": returns},
     )
 
@@ -192,6 +213,7 @@ def imitate(
     resume: bool = False,
     progress: bool = True,
     init: Any = None,
+    mix_sim: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Train on the datasets in `folders`; returns the done record (paths and figures).
 
@@ -200,7 +222,11 @@ def imitate(
     forgetting: a round counts only if its closed-loop return on the config's env stays at least
     `imitate.keep_sim_return` of the initial policy's (on the same episodes); among those the
     lowest validation loss on the logs wins, and the initial policy stays if none beats it. The
-    done record says what changed (relative change of each parameter)."""
+    done record says what changed (relative change of each parameter).
+
+    With `mix_sim` (a run folder of `liquid-control train` with a teacher), every round also rolls
+    the current LTC out in that run's sim for `imitate.mix_sim_steps` steps, labels the visited
+    states with the run's teacher (DAgger) and trains on those windows along with the logs'."""
     import torch
     from tqdm import tqdm
 
@@ -212,9 +238,11 @@ def imitate(
     out.mkdir(parents=True, exist_ok=True)
     digest = _data_hash(data)
     init_hash = init.content_hash if init is not None else None
+    sim = SimMix(mix_sim, data.spec) if mix_sim is not None else None
+    sim_hash = sim.digest if sim is not None else None
     index = out / "progress.json"
     if index.exists():
-        _check_resumable(out, read_json(index), digest, init_hash)
+        _check_resumable(out, read_json(index), digest, init_hash, sim_hash)
     if (out / "done.json").exists():
         return read_json(out / "done.json")
     train_mask, val_mask = split(data, im.val_fraction)
@@ -231,10 +259,14 @@ def imitate(
         "lowest_val_loss": {},
         "data": digest,
         "init": init_hash,
+        "mix_sim": sim_hash,
         "initial": None,
     }
+    sim_data = Windows()
     if index.exists():
         state = read_json(index)
+        if state.get("sim"):
+            sim_data = Windows(read_arrays(out / state["sim"]))
         spec = InterfaceSpec.from_dict(read_json(out / "spec.json"))
         for k, m in students.items():
             m.load_state_dict(read_tensors(out / state["weights"][k]))
@@ -259,19 +291,68 @@ def imitate(
         seed = cfg.seed * 7919 + 131 * r
         torch.manual_seed(seed)
         record: dict[str, Any] = {"round": r}
+        mixed = train
+        if sim is not None:  # DAgger in the sim with the LTC as it is now
+            new = sim.collect(students["ltc"], spec, im.mix_sim_steps, seed)
+            sim_data.extend(new, im.mix_sim_max_steps)
+            mixed = Windows(train.arrays())
+            mixed.extend(sim_data.arrays(), len(train) + len(sim_data))
+            record["sim_steps"] = len(sim_data)
         for name, model in students.items():
             if state["stale"].get(name, 0) < im.patience:  # (one stopped early: the other goes on)
-                ctx = (train, val, spec, sub, seed)
+                ctx = (mixed, val, spec, sub, seed)
                 record.update(_student_round(cfg, out, state, name, model, optims[name], ctx, r))
         state["history"].append(record)
         bar.update(1)
         bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k.endswith("val_loss")})
-        _save_round(out, state, r + 1, students, optims)
+        _save_round(out, state, r + 1, students, optims, sim_data if sim is not None else None)
     bar.close()
-    return _finish(cfg, out, state, students, spec, data, folders)
+    return _finish(cfg, out, state, students, spec, data, folders, sim)
 
 
-def _check_resumable(out: Path, state: dict, digest: str, init_hash: str | None) -> None:
+class SimMix:
+    """DAgger in a trained run's sim for `--mix-sim RUN`: the student drives the run's env (with
+    its training randomisation), the run's teacher labels every visited state."""
+
+    def __init__(self, run: str | os.PathLike, data_spec: InterfaceSpec) -> None:
+        from .config import config_from_dict
+        from .distill import base_spec
+        from .teacher import Teacher
+
+        self.run = Path(run)
+        teacher_dir = self.run / "teacher"
+        if not (self.run / "config.json").is_file() or not (teacher_dir / "model.zip").is_file():
+            raise ConfigError(
+                f"--mix-sim {str(run)!r}: expected a run folder of `liquid-control train` with "
+                "config.json and a trained teacher (teacher/model.zip)"
+            )
+        stored = read_json(self.run / "config.json")
+        self.cfg = config_from_dict({k: v for k, v in stored.items() if k != "source"})
+        try:
+            base_spec(self.cfg).check_compatible(data_spec)
+        except SpecError as exc:
+            raise ConfigError(
+                f"--mix-sim {str(run)!r}: its env {self.cfg.env.id!r} does not fit the datasets: "
+                f"{exc}"
+            ) from None
+        self.teacher = Teacher.load(teacher_dir, self.cfg.teacher.algo)
+        h = hashlib.sha256()
+        for f in sorted(teacher_dir.glob("*")):
+            if f.name in ("model.zip", "obs_norm.json"):
+                h.update(f.name.encode() + f.read_bytes())
+        h.update(repr(sorted(self.cfg.env.wrappers.items())).encode())
+        self.digest = h.hexdigest()[:16]
+
+    def collect(self, model: Any, spec: InterfaceSpec, steps: int, seed: int) -> dict:
+        from .distill import collect
+
+        model.eval()
+        return collect(self.cfg, self.teacher, model, spec, 0.0, steps, seed, None)
+
+
+def _check_resumable(
+    out: Path, state: dict, digest: str, init_hash: str | None, sim_hash: str | None = None
+) -> None:
     """A run continues only on the data and the starting policy it began with."""
     if state.get("data") != digest:
         raise ConfigError(
@@ -282,6 +363,11 @@ def _check_resumable(out: Path, state: dict, digest: str, init_hash: str | None)
         raise ConfigError(
             f"{out}: this run started from --init {state.get('init') or '(none)'}, not from "
             f"{init_hash or '(none)'}; pass the same --init, or use another --out"
+        )
+    if state.get("mix_sim") != sim_hash:
+        raise ConfigError(
+            f"{out}: this run started with --mix-sim teacher {state.get('mix_sim') or '(none)'}, "
+            f"not {sim_hash or '(none)'}; pass the same --mix-sim, or use another --out"
         )
 
 
@@ -366,8 +452,13 @@ def _with_epochs(cfg: TrainConfig, epochs: int) -> TrainConfig:
     return dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, epochs=epochs))
 
 
-def _save_round(out: Path, state: dict, r: int, students: dict, optims: dict) -> None:
-    names: dict[str, dict[str, str]] = {"weights": {}, "optim": {}}
+def _save_round(
+    out: Path, state: dict, r: int, students: dict, optims: dict, sim_data: Windows | None
+) -> None:
+    names: dict[str, Any] = {"weights": {}, "optim": {}}
+    if sim_data is not None:
+        names["sim"] = f"round{r}_sim.npz"
+        write_arrays(out / names["sim"], sim_data.arrays())
     for name, model in students.items():
         names["weights"][name] = f"round{r}_{name}.safetensors"
         write_tensors(out / names["weights"][name], model.state_dict())
@@ -375,7 +466,7 @@ def _save_round(out: Path, state: dict, r: int, students: dict, optims: dict) ->
         write_state_dicts(out / names["optim"][name], {"optim": optims[name].state_dict()})
     state.update(round=r, **names)
     write_json(out / "progress.json", state)
-    keep = {*names["weights"].values(), *names["optim"].values()}
+    keep = {*names["weights"].values(), *names["optim"].values(), names.get("sim")}
     for old in out.glob("round*"):
         if old.name not in keep:
             old.unlink(missing_ok=True)
@@ -389,6 +480,7 @@ def _finish(
     spec: InterfaceSpec,
     data: Dataset,
     folders: list,
+    sim: SimMix | None = None,
 ) -> dict[str, Any]:
     model = students["ltc"]
     model.load_state_dict(read_tensors(out / "best_ltc.safetensors"))
@@ -404,6 +496,7 @@ def _finish(
             "seed": cfg.seed,
             "config": cfg.source,
             "best": state["best"]["ltc"],
+            **({"mix_sim": {"run": str(sim.run), "teacher": sim.digest}} if sim else {}),
         },
     )
     path = out / f"{cfg.name}_ltc{cfg.student.units}.lcp"
@@ -424,6 +517,7 @@ def _finish(
         "labels_clipped": clipped,
         "initial": state.get("initial"),
         "relative_change": changed,
+        "mix_sim": {"run": str(sim.run), "teacher": sim.digest} if sim else None,
     }
     write_json(out / "history.json", state["history"])
     write_json(out / "done.json", done)
