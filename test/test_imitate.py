@@ -226,3 +226,38 @@ def test_mix_sim_refuses_a_run_that_does_not_fit_in_one_line(demos, rover_run, t
         )  # fmt: skip
         assert r.returncode == 2 and message in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+class _Still:
+    """A driver that holds the rover still (zero commands)."""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def reset(self):
+        pass
+
+    def step(self, obs, dt):
+        return np.zeros(self.spec.action_dim)
+
+
+def test_intervention_logs_label_the_drivers_visits_with_the_operators_commands():
+    cfg = config_from_dict(CONFIG)
+    operator = Policy.load(ROVER)
+    still = _Still(operator.spec)
+    # beta 0: the driver acts on every tick (the rover stays where it started), the operator's
+    # commands are the labels; beta 1: the operator acts, as without a driver
+    held = simulated_demonstrations(operator, cfg, 3.0, noise=0.0, seed=4, driver=still, beta=0.0)
+    alone = simulated_demonstrations(operator, cfg, 3.0, noise=0.0, seed=4)
+    took = simulated_demonstrations(operator, cfg, 3.0, noise=0.0, seed=4, driver=still, beta=1.0)
+    assert np.abs(held.obs - held.obs[0]).max() < 1e-2  # (nothing moved but settling)
+    assert np.abs(held.action).max() > 0.1  # (the operator asked for motion all along)
+    assert np.abs(alone.obs - alone.obs[0]).max() > 0.1
+    np.testing.assert_array_equal(took.obs, alone.obs)
+    np.testing.assert_array_equal(took.action, alone.action)
+    assert held.settings["beta"] == 0.0 and "beta" not in alone.settings
+    # a shifted robot (one step of latency) answers the same commands later
+    late = simulated_demonstrations(operator, cfg, 3.0, noise=0.0, seed=4,
+                                    perturb={"action_latency": 1})  # fmt: skip
+    assert late.settings["perturb"] == {"action_latency": 1}
+    assert not np.allclose(late.obs, alone.obs)
