@@ -1,7 +1,7 @@
 """Imitation from a demonstration bag made the way a user would, and the curve of closed-loop
 return against minutes of demonstration, for the LTC-19 and the LSTM-19.
 
-    .venv/bin/python benchmarks/imitate_from_bags.py [--robot rover|cartpole] [--minutes 10]
+    .venv/bin/python benchmarks/imitate_from_bags.py [--robot rover|cartpole] [--minutes 10] [--seeds 0,1,2]
 
 1. The MuJoCo sim node runs the robot on sim time over real DDS (`real_time_factor` 1.5: faster starved the
    operator of CPU on 2 cores, and its late commands showed as stale stretches in the dataset). An
@@ -13,12 +13,14 @@ return against minutes of demonstration, for the LTC-19 and the LSTM-19.
 2. `liquid-control dataset` on the sqlite3 copy (the MCAP one must give the same arrays).
 3. `imitate` (config/train/<robot>_imitate.yaml) on the first 1, 2, 5 and 10 minutes of it; each student's closed-loop return over
    10 nominal episodes (seeds 100000+) of the gym env, against the operator's return on the same
-   episodes (the sim node's reports over DDS are printed too).
+   episodes (the sim node's reports over DDS are printed too). With `--seeds`, the longest
+   demonstration is trained on again with the other training seeds.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -167,6 +169,7 @@ def main() -> None:
     ap.add_argument("--robot", choices=sorted(POLICIES), default="rover")
     ap.add_argument("--minutes", type=float, default=10.0, help="demonstration length (sim time)")
     ap.add_argument("--curve", default="1,2,5,10", help="minutes of demonstration to train on")
+    ap.add_argument("--seeds", default="0", help="training seeds at the longest demonstration")
     ap.add_argument("--rtf", type=float, default=1.5, help="sim real-time factor")
     ap.add_argument("--out", default=None, help="default runs/imitate_<robot>")
     args = ap.parse_args()
@@ -217,6 +220,15 @@ def main() -> None:
     for m, ltc, lstm, s in rows:
         print(f"| {m:g} | {ltc.mean():.1f} ± {ltc.std():.1f} | {100 * ltc.mean() / op_mean:.0f} % "
               f"| {lstm.mean():.1f} ± {lstm.std():.1f} | {100 * lstm.mean() / op_mean:.0f} % | {s:.0f} |")  # fmt: skip
+    longest = max(float(m) for m in args.curve.split(","))
+    for seed in [int(x) for x in args.seeds.split(",") if int(x) != cfg.seed]:
+        run = out / f"run_{longest:g}min_seed{seed}"
+        seeded = dataclasses.replace(cfg, seed=seed)
+        done = imitate(seeded, [out / f"data_{longest:g}min"], run, resume=True, progress=False)
+        ltc, lstm = closed_loop(Policy.load(done["policy"]), seeded), lstm_returns(seeded, run)
+        print(f"{longest:g} min, training seed {seed}: LTC {ltc.mean():.1f} +- {ltc.std():.1f} "
+              f"({100 * ltc.mean() / op_mean:.0f} %), LSTM {lstm.mean():.1f} +- {lstm.std():.1f} "
+              f"({100 * lstm.mean() / op_mean:.0f} %)")  # fmt: skip
     print(f"operator (the shipped policy + noise): {op_mean:.1f} on the gym env, {dds_op:.1f} "
           f"over DDS ({len(complete)} sim episodes); {(time.time() - t0) / 60:.0f} min in all")  # fmt: skip
 
