@@ -40,3 +40,17 @@ def test_inspect_refuses_a_bad_file_with_the_reason(tmp_path):
     out = run_cli("inspect", str(tmp_path / "bad.lcp"))
     assert out.returncode == 2
     assert "pickle; policy files are never unpickled" in out.stdout
+
+
+def test_inspect_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`liquid-control inspect POLICY | head -1`: the reader goes away, no traceback."""
+    p = make_policy(seed=4)
+    p.save(tmp_path / "p.lcp")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "liquid_control.cli", "inspect", str(tmp_path / "p.lcp")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # (before it writes: its print meets a broken pipe)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipe" not in err, err

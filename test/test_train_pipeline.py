@@ -106,6 +106,8 @@ def cli_started(*args: str) -> subprocess.Popen:
         ({"distill": {"window": 8, "burn_in": 8}}, "distill.burn_in"),
         ({"distill": {"beta_decay": 1.5}}, "distill.beta_decay"),
         ({"evaluate": {"perturbations": {"gravity": 2.0}}}, "evaluate.perturbations.gravity"),
+        ({"evaluate": {"perturbations": {"dt_jitter": 1.5}}}, "evaluate.perturbations.dt_jitter"),
+        ({"evaluate": {"perturbations": {"action_latency": 0.5}}}, "action_latency"),
         ({"env": {"kwargs": []}}, "env.kwargs"),
     ],
 )
@@ -115,6 +117,51 @@ def test_config_errors_name_the_field(patch: dict, field: str) -> None:
         data[section] = {**data.get(section, {}), **values}
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         config_from_dict(data)
+
+
+ROVER = ROOT / "policies" / "rover_ltc19.lcp"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--perturb", "dt_jitter=1.5"], "--perturb dt_jitter: expected a fraction in [0, 1)"),
+        (["--perturb", "mass_scale=-1"], "--perturb mass_scale: expected a factor > 0, got -1.0"),
+        (["--perturb", "friction_scale=nan"], "--perturb friction_scale: expected a factor > 0"),
+        (["--perturb", "action_latency=0.5"], "expected a whole number of control steps"),
+        (["--episodes", "0"], "--episodes: expected a number >= 1, got 0"),
+        (["--env", "NoSuchEnv-v0"], "--env NoSuchEnv-v0: cannot make this gymnasium env"),
+        (["--env", "LiquidControl/CartPoleSwingUp-v0"],
+         "trained on LiquidControl/RoverLane-v0: the env has observations (5,) and actions (1,), "
+         "the policy expects (12,) and (2,)"),
+    ],
+)  # fmt: skip
+def test_eval_errors_are_one_line_naming_the_argument(args: list[str], message: str) -> None:
+    if "--env" not in args:
+        args = ["--env", "LiquidControl/RoverLane-v0", *args]
+    result = cli("eval", str(ROVER), *args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [
+        x for x in result.stderr.strip().splitlines() if "Warning" not in x and "warn(" not in x
+    ]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_eval_seeds_default_to_the_evaluate_stages() -> None:
+    from liquid_control.train.commands import parse_perturbations
+    from liquid_control.train.evaluate import EVAL_SEED, _ratio
+
+    result = cli("eval", "--help")
+    assert f"default {EVAL_SEED}" in result.stdout
+    assert parse_perturbations(["mass_scale=1.3", "action_latency=1"]) == {
+        "mass_scale": 1.3,
+        "action_latency": 1.0,
+    }
+    # the share of the teacher: worse is below 1 for negative returns too
+    assert _ratio(-6.58, -6.23) == pytest.approx(1 - 0.35 / 6.23)
+    assert _ratio(-6.0, -6.23) > 1 > _ratio(-7.0, -6.23)
+    assert _ratio(300.0, 400.0) == pytest.approx(0.75)
+    assert np.isnan(_ratio(1.0, 0.0))
 
 
 def test_config_requires_env_id() -> None:

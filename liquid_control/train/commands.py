@@ -27,8 +27,13 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="evaluate a policy file on an env, nominal or perturbed")
     p.add_argument("policy", help="policy file (.lcp)")
     p.add_argument("--env", required=True, help="gymnasium env id, e.g. LiquidControl/RoverLane-v0")
-    p.add_argument("--episodes", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--episodes", type=int, default=10, help="one seed per episode (>= 1)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=100_000,
+        help="first episode seed (default 100000, as the evaluate stage of training)",
+    )
     p.add_argument(
         "--perturb",
         action="append",
@@ -123,7 +128,7 @@ def _imitate(args: argparse.Namespace) -> int:
 
 
 def parse_perturbations(items: list[str]) -> dict[str, float]:
-    from .config import PERTURBATIONS
+    from .config import PERTURBATIONS, check_perturbation
 
     out: dict[str, float] = {}
     for item in items:
@@ -133,9 +138,10 @@ def parse_perturbations(items: list[str]) -> dict[str, float]:
                 f"--perturb: expected NAME=VALUE with NAME in {list(PERTURBATIONS)}, got {item!r}"
             )
         try:
-            out[name] = float(value)
+            number = float(value)
         except ValueError:
             raise ValueError(f"--perturb {name}: expected a number, got {value!r}") from None
+        out[name] = check_perturbation(f"--perturb {name}", name, number)
     return out
 
 
@@ -143,15 +149,33 @@ def _eval(args: argparse.Namespace) -> int:
     from ..core.policy import Policy
     from ..core.policy_file import PolicyFileError
     from .config import EnvConfig
+    from .envs import make_env
     from .evaluate import PolicyAgent, run_episodes
 
     try:
+        if args.episodes < 1:
+            raise ValueError(f"--episodes: expected a number >= 1, got {args.episodes}")
+        if args.max_episode_steps is not None and args.max_episode_steps < 1:
+            raise ValueError(
+                f"--max-episode-steps: expected a number >= 1, got {args.max_episode_steps}"
+            )
         perturb = parse_perturbations(args.perturb)
         policy = Policy.load(args.policy)
+        env_cfg = EnvConfig(id=args.env, max_episode_steps=args.max_episode_steps)
+        env = _env_or_error(make_env, env_cfg)
+        have = (env.observation_space.shape, env.action_space.shape)
+        env.close()
+        want = ((policy.spec.obs_dim,), (policy.spec.action_dim,))
+        if have != want:
+            trained = policy.provenance.get("env")
+            where = f", trained on {trained}" if trained else ""
+            raise ValueError(
+                f"--env {args.env} does not fit {args.policy}{where}: the env has observations "
+                f"{have[0]} and actions {have[1]}, the policy expects {want[0]} and {want[1]}"
+            )
     except (ValueError, PolicyFileError) as exc:
         print(f"liquid-control eval: {exc}", file=sys.stderr)
         return 2
-    env_cfg = EnvConfig(id=args.env, max_episode_steps=args.max_episode_steps)
     returns = run_episodes(
         PolicyAgent(policy), env_cfg, args.episodes, args.seed, perturb, obs_std=policy.spec.obs_std
     )
@@ -162,6 +186,17 @@ def _eval(args: argparse.Namespace) -> int:
         f"+- {np.std(returns):.2f} over {len(returns)} episodes (min {np.min(returns):.2f}, max {np.max(returns):.2f})"
     )
     return 0
+
+
+def _env_or_error(make_env, env_cfg):
+    """The env, or a one-line ValueError for an id gymnasium does not know."""
+    import gymnasium as gym
+
+    try:
+        return make_env(env_cfg, seed=0, randomize=False)
+    except (gym.error.Error, ImportError) as exc:  # (NameNotFound, ..., a package it needs)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"--env {env_cfg.id}: cannot make this gymnasium env ({first})") from None
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import yaml
 
 
@@ -284,13 +285,32 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if not 0.0 <= d.dt_jitter < 1.0:
         raise ConfigError(f"distill.dt_jitter: expected a value in [0, 1), got {d.dt_jitter!r}")
     for key, v in cfg.evaluate.perturbations.items():
-        if key not in PERTURBATIONS:
-            raise ConfigError(
-                f"evaluate.perturbations.{key}: unknown; expected some of {list(PERTURBATIONS)}"
-            )
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            raise ConfigError(f"evaluate.perturbations.{key}: expected a number >= 0, got {v!r}")
+        check_perturbation(f"evaluate.perturbations.{key}", key, v)
     return cfg
+
+
+# what each perturbation accepts: (test, expectation)
+_PERTURBATION_RANGES = {
+    "obs_noise": (lambda v: v >= 0, "a number >= 0 (a fraction of each observation's std)"),
+    "action_latency": (
+        lambda v: v >= 0 and float(v).is_integer(),
+        "a whole number of control steps >= 0",
+    ),
+    "mass_scale": (lambda v: v > 0, "a factor > 0"),
+    "friction_scale": (lambda v: v > 0, "a factor > 0"),
+    "dt_jitter": (lambda v: 0 <= v < 1, "a fraction in [0, 1) (dt ~ U[1-j, 1+j] x nominal)"),
+}
+
+
+def check_perturbation(where: str, name: str, value: Any) -> float:
+    """One evaluation perturbation checked against its range (ConfigError naming `where`)."""
+    if name not in PERTURBATIONS:
+        raise ConfigError(f"{where}: unknown perturbation; expected one of {list(PERTURBATIONS)}")
+    test, expected = _PERTURBATION_RANGES[name]
+    ok = not isinstance(value, bool) and isinstance(value, (int, float))
+    if not ok or not np.isfinite(value) or not test(value):
+        raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+    return float(value)
 
 
 def load_config(path: str | os.PathLike) -> TrainConfig:

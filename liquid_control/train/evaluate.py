@@ -113,7 +113,11 @@ def evaluate_run(cfg: TrainConfig, run_dir: str | os.PathLike, progress: bool = 
 
 
 def _ratio(value: float, reference: float) -> float:
-    return float(value / reference) if abs(reference) > 1e-9 else float("nan")
+    """The share of the reference's return: value / reference for a positive reference, and the
+    same relative difference for a negative one (-6.58 against -6.23 is 0.944, not 1.056)."""
+    if abs(reference) <= 1e-9:
+        return float("nan")
+    return float(1.0 + (value - reference) / abs(reference))
 
 
 def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
