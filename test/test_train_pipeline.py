@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -109,13 +110,18 @@ def cli_started(*args: str) -> subprocess.Popen:
         ({"evaluate": {"perturbations": {"dt_jitter": 1.5}}}, "evaluate.perturbations.dt_jitter"),
         ({"evaluate": {"perturbations": {"action_latency": 0.5}}}, "action_latency"),
         ({"env": {"kwargs": []}}, "env.kwargs"),
+        ({"distill": {"windw": 3}}, "did you mean 'window'"),
+        (
+            {"studnet": {"units": 3}},
+            "top level: unknown field(s) ['studnet'] (did you mean 'student'?)",
+        ),
     ],
 )
 def test_config_errors_name_the_field(patch: dict, field: str) -> None:
     data = json.loads(json.dumps(TINY))
     for section, values in patch.items():
         data[section] = {**data.get(section, {}), **values}
-    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=re.escape(field)):
         config_from_dict(data)
 
 
@@ -162,6 +168,36 @@ def test_eval_seeds_default_to_the_evaluate_stages() -> None:
     assert _ratio(-6.0, -6.23) > 1 > _ratio(-7.0, -6.23)
     assert _ratio(300.0, 400.0) == pytest.approx(0.75)
     assert np.isnan(_ratio(1.0, 0.0))
+
+
+@pytest.mark.parametrize(
+    ("patch", "args", "message"),
+    [
+        ({"env": {"id": "NoSuchEnv-v0"}}, [], "env.id: cannot make 'NoSuchEnv-v0'"),
+        ({"student": {"units": 3}}, [], "student.units: 3 does not fit the 1 actions"),
+        ({"teacher": {"hyperparams": {"n_epoch": 2}}}, [], "teacher.hyperparams.n_epoch: unknown"),
+        ({"teacher": {"hyperparams": {"seed": 2}}}, [], "teacher.hyperparams.seed: set by the"),
+        ({}, ["--stages", "distill"], "--stages distill: needs the teacher stage"),
+        ({}, ["--resume"], "--resume: "),
+    ],
+)  # fmt: skip
+def test_train_refuses_before_any_work(tmp_path: Path, patch: dict, args: list, message: str):
+    data = json.loads(json.dumps(TINY))
+    for section, values in patch.items():
+        data[section] = {**data.get(section, {}), **values}
+    run = tmp_path / "run"
+    result = cli("train", str(write_config(tmp_path / "c.yaml", data)), "--out", str(run), *args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not run.exists()  # (nothing written, nothing trained)
+
+
+def test_export_needs_a_distilled_run(tmp_path: Path) -> None:
+    result = cli("export", str(tmp_path))
+    assert result.returncode == 2 and "holds no config.json" in result.stderr, result.stderr
+    write_config(tmp_path / "config.json", TINY)
+    result = cli("export", str(tmp_path))
+    assert result.returncode == 2 and "holds no distill/done.json" in result.stderr
 
 
 def test_config_requires_env_id() -> None:
@@ -335,7 +371,7 @@ def test_run_folder_refuses_to_mix_runs(tiny_teacher: Path, tmp_path: Path) -> N
         "--stages",
         "teacher",
     )
-    assert result.returncode == 2 and "another config" in result.stderr
+    assert result.returncode == 2 and "another config (seed: 3 -> 4)" in result.stderr
     result = cli(
         "train",
         str(write_config(tmp_path / "t.yaml", TINY)),

@@ -208,6 +208,12 @@ def _export(args: argparse.Namespace) -> int:
     from .io import read_json
 
     run = Path(args.run)
+    for need in ("config.json", "distill/done.json"):
+        if not (run / need).is_file():
+            what = "a run folder" if need == "config.json" else "a distilled student"
+            print(f"liquid-control export: {run} holds no {need}: expected {what} of "
+                  "`liquid-control train`", file=sys.stderr)  # fmt: skip
+            return 2
     cfg = config_from_dict(
         {k: v for k, v in read_json(run / "config.json").items() if k != "source"}
     )

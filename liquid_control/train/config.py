@@ -211,7 +211,14 @@ def _build(cls: type, data: Any, where: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {unknown}; expected some of {sorted(known)}")
+        import difflib
+
+        public = sorted(k for k in known if not (cls is TrainConfig and k == "source"))
+        near = difflib.get_close_matches(str(unknown[0]), public, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(
+            f"{where or 'top level'}: unknown field(s) {unknown}{hint}; expected some of {public}"
+        )
     kwargs = {}
     for f in dataclasses.fields(cls):
         name = f"{where}.{f.name}" if where else f.name

@@ -23,6 +23,18 @@ class RunFolderError(RuntimeError):
     """The run folder does not fit the request (exists without --resume, other config, ...)."""
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    """{"distill": {"lr": 0.01}} -> {"distill.lr": 0.01}."""
+    out: dict = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
 def prepare_run_folder(cfg: TrainConfig, out: str | os.PathLike, resume: bool) -> Path:
     out = Path(out)
     stored = out / "config.json"
@@ -34,14 +46,83 @@ def prepare_run_folder(cfg: TrainConfig, out: str | os.PathLike, resume: bool) -
             )
         theirs = {k: v for k, v in read_json(stored).items() if k != "source"}
         if theirs != mine:
-            changed = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            a, b = _flat(theirs), _flat(mine)
+            changed = [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}"
+                       for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]  # fmt: skip
+            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
             raise RunFolderError(
-                f"{out}: was started with another config (sections differ: {changed})"
+                f"{out}: was started with another config ({'; '.join(changed[:3])}{more}); "
+                "use the run's config, or another --out"
             )
     else:
         out.mkdir(parents=True, exist_ok=True)
         write_json(stored, cfg.to_dict())
     return out
+
+
+# what each stage reads from the stages before it
+NEEDS = {"distill": "teacher", "finetune": "distill", "evaluate": "distill", "export": "distill"}
+RESERVED_HYPERPARAMS = {"policy", "env", "seed", "device", "verbose", "tensorboard_log",
+                        "policy_kwargs"}  # fmt: skip
+
+
+def preflight(cfg: TrainConfig, out: Path, resume: bool, stages: tuple[str, ...]) -> None:
+    """Everything that can be checked before any work starts (and before the run folder is
+    written): the env id, the wiring against the env's action count, the teacher's
+    hyperparameters against the algorithm's signature, --resume on a run that is there, and
+    every requested stage's inputs. ConfigError / RunFolderError, one line naming the field."""
+    import inspect
+
+    import gymnasium as gym
+    import numpy as np
+
+    from ..core.wiring import AutoNCP, WiringError
+    from .envs import make_env
+    from .teacher import _algo
+
+    if resume and not (out / "config.json").exists():
+        raise RunFolderError(
+            f"--resume: {out} holds no run (no config.json); drop --resume to start one"
+        )
+    try:
+        env = make_env(cfg.env, seed=cfg.seed, randomize=False)
+    except (gym.error.Error, ImportError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"env.id: cannot make {cfg.env.id!r} ({first})") from None
+    try:
+        shape, obs_shape = env.action_space.shape, env.observation_space.shape
+    finally:
+        env.close()
+    if not shape or len(shape) != 1:
+        raise ConfigError(f"env.id: {cfg.env.id!r} has actions {shape}; expected a flat Box")
+    s = cfg.student
+    try:
+        recipe = AutoNCP(s.units, shape[0], sparsity_level=s.sparsity_level, seed=s.wiring_seed)
+        recipe.build(int(np.prod(obs_shape)))
+    except WiringError as exc:
+        raise ConfigError(
+            f"student.units: {s.units} does not fit the {shape[0]} actions of {cfg.env.id}: {exc}"
+        ) from None
+    signature = inspect.signature(_algo(cfg.teacher.algo).__init__).parameters
+    known = {k for k in signature if k != "self" and not k.startswith("_")}
+    for key in cfg.teacher.hyperparams:
+        if key in RESERVED_HYPERPARAMS or key not in known:
+            what = "set by the pipeline" if key in RESERVED_HYPERPARAMS else "unknown"
+            raise ConfigError(
+                f"teacher.hyperparams.{key}: {what} for {cfg.teacher.algo}; expected some of "
+                f"{sorted(known - RESERVED_HYPERPARAMS)}"
+            )
+    for stage in stages:
+        need = NEEDS.get(stage)
+        if (stage == "finetune" and not cfg.finetune.enabled) or (
+            out / stage / "done.json"
+        ).exists():
+            continue
+        if need and need not in stages and not (out / need / "done.json").exists():
+            raise RunFolderError(
+                f"--stages {stage}: needs the {need} stage, which {out} does not hold; "
+                f"run --stages {need} first (or leave --stages out)"
+            )
 
 
 def run_pipeline(
@@ -58,6 +139,7 @@ def run_pipeline(
     if unknown:
         raise ConfigError(f"stages: unknown {unknown}; expected some of {list(STAGES)}")
     torch.set_num_threads(cfg.torch_threads)
+    preflight(cfg, Path(out), resume, stages)
     out = prepare_run_folder(cfg, out, resume)
     timings_path = out / "timings.json"
     timings = read_json(timings_path) if timings_path.exists() else {}
