@@ -138,10 +138,14 @@ class LTC(nn.Module):
     ) -> torch.Tensor:
         if elapsed is None:
             return torch.ones(shape, dtype=like.dtype, device=like.device)
-        e = torch.as_tensor(elapsed, dtype=like.dtype, device=like.device)
+        if isinstance(elapsed, torch.Tensor):  # (as_tensor would be a constant in an ONNX trace)
+            e = elapsed.to(dtype=like.dtype, device=like.device)
+        else:
+            e = torch.as_tensor(elapsed, dtype=like.dtype, device=like.device)
         if e.dim() == 0:
             return e.expand(shape)
-        if e.shape != shape:
+        # (while tracing for ONNX the sizes are traced values: the batch axis is dynamic there)
+        if not torch.jit.is_tracing() and e.shape != shape:
             raise ValueError(
                 f"elapsed: expected shape {tuple(shape)} (one value per sample and step), got {tuple(e.shape)}"
             )

@@ -147,7 +147,11 @@ def run_pipeline(
         if stage not in stages or (stage == "finetune" and not cfg.finetune.enabled):
             continue
         if (out / stage / "done.json").exists():
+            print(f"{stage}: done earlier, skipped", flush=True)
             continue
+        partial = (out / stage).is_dir() and any((out / stage).iterdir())
+        print(f"{stage}: {'continuing from its last checkpoint' if partial else 'starting'}",
+              flush=True)  # fmt: skip
         start, cpu_start = time.monotonic(), time.process_time()
         if stage == "teacher":
             from .teacher import train_teacher
@@ -173,4 +177,6 @@ def run_pipeline(
         timings[stage] = timings.get(stage, 0.0) + time.monotonic() - start
         timings[f"{stage}_cpu"] = timings.get(f"{stage}_cpu", 0.0) + time.process_time() - cpu_start
         write_json(timings_path, timings)
+        print(f"{stage}: finished in {(time.monotonic() - start) / 60:.1f} min "
+              f"({timings[stage] / 60:.1f} min in all)", flush=True)  # fmt: skip
     return out
