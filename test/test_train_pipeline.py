@@ -344,6 +344,14 @@ def test_every_stage_runs_and_writes_its_outputs(tiny_teacher: Path, tmp_path: P
     assert not np.allclose(policy.spec.obs_std, 1.0)
     assert policy.provenance["task"] == "idp_tiny"
     assert exported["onnx_max_abs_diff"] < 1e-4
+    # `liquid-control export` on the run keeps its export unless told to write it again
+    before = Path(exported["policy"]).stat().st_mtime_ns
+    again = cli("export", str(run), "--policy-out", str(tmp_path / "copy.lcp"))
+    assert again.returncode == 0 and "already written" in again.stdout, again.stderr[-2000:]
+    assert Path(exported["policy"]).stat().st_mtime_ns == before
+    assert Policy.load(tmp_path / "copy.lcp").content_hash == policy.content_hash
+    forced = cli("export", str(run), "--force")
+    assert forced.returncode == 0 and Path(exported["policy"]).stat().st_mtime_ns > before
     # `liquid-control eval` on the exported file, nominal and perturbed
     result = cli(
         "eval",

@@ -74,6 +74,9 @@ def register(subparsers) -> None:
     p.add_argument("run", help="run folder of `liquid-control train`")
     p.add_argument("--policy-out", default=None, help="copy the policy file here too")
     p.add_argument("--onnx-out", default=None, help="copy the ONNX file here too")
+    p.add_argument(
+        "--force", action="store_true", help="write the run's export again even if it is there"
+    )
     p.set_defaults(func=_export)
 
 
@@ -217,7 +220,15 @@ def _export(args: argparse.Namespace) -> int:
     cfg = config_from_dict(
         {k: v for k, v in read_json(run / "config.json").items() if k != "source"}
     )
-    files = export_run(cfg, run)
+    done = run / "export" / "done.json"
+    if done.is_file() and not args.force:  # (the run's own export is not silently rewritten)
+        record = read_json(done)
+        files = {k: Path(record[k]) for k in ("policy", "onnx") if record.get(k)}
+        print(
+            f"export: already written ({record.get('content_hash', '')}); --force writes it again"
+        )
+    else:
+        files = export_run(cfg, run)
     for key, dest in (("policy", args.policy_out), ("onnx", args.onnx_out)):
         if dest and files.get(key):
             shutil.copyfile(files[key], dest)
