@@ -111,6 +111,8 @@ def cli_started(*args: str) -> subprocess.Popen:
         ({"evaluate": {"perturbations": {"action_latency": 0.5}}}, "action_latency"),
         ({"env": {"kwargs": []}}, "env.kwargs"),
         ({"distill": {"windw": 3}}, "did you mean 'window'"),
+        ({"env": {"kwargs": {"max_episode_steps": 20}}}, "env.kwargs.max_episode_steps: the"),
+        ({"env": {"max_episode_steps": 0}}, "env.max_episode_steps: expected > 0"),
         (
             {"studnet": {"units": 3}},
             "top level: unknown field(s) ['studnet'] (did you mean 'student'?)",
@@ -198,6 +200,22 @@ def test_export_needs_a_distilled_run(tmp_path: Path) -> None:
     write_config(tmp_path / "config.json", TINY)
     result = cli("export", str(tmp_path))
     assert result.returncode == 2 and "holds no distill/done.json" in result.stderr
+
+
+def test_episode_length_is_env_max_episode_steps_for_every_env() -> None:
+    from liquid_control.train.envs import make_env
+
+    for env_id in ("LiquidControl/CartPoleSwingUp-v0", "InvertedPendulum-v5"):
+        cfg = config_from_dict({"name": "x", "env": {"id": env_id, "max_episode_steps": 37}})
+        env = make_env(cfg.env, seed=0, randomize=False)
+        env.reset(seed=0)
+        steps, done = 0, False
+        while not done:
+            _, _, terminated, truncated, _ = env.step(np.zeros(env.action_space.shape, np.float32))
+            steps, done = steps + 1, terminated or truncated
+        assert steps == 37 or terminated, (env_id, steps)
+        assert steps <= 37
+        env.close()
 
 
 def test_config_requires_env_id() -> None:

@@ -293,6 +293,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"distill.dt_jitter: expected a value in [0, 1), got {d.dt_jitter!r}")
     for key, v in cfg.evaluate.perturbations.items():
         check_perturbation(f"evaluate.perturbations.{key}", key, v)
+    if cfg.env.max_episode_steps is not None:
+        _positive("env.max_episode_steps", cfg.env.max_episode_steps)
+        if "max_episode_steps" in cfg.env.kwargs:
+            raise ConfigError(
+                "env.kwargs.max_episode_steps: the episode length is set twice; keep "
+                f"env.max_episode_steps ({cfg.env.max_episode_steps}) only"
+            )
     return cfg
 
 

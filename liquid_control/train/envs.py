@@ -198,6 +198,15 @@ class DtJitter(gym.Wrapper):
         return self.env.step(action)
 
 
+def _episode_kwargs(env_cfg: Any) -> dict:
+    """The env's kwargs with `env.max_episode_steps` (the one place for the episode length; the
+    old spelling `env.kwargs.max_episode_steps` still works, the config refuses both at once)."""
+    kwargs = dict(env_cfg.kwargs)
+    if env_cfg.max_episode_steps:
+        kwargs["max_episode_steps"] = env_cfg.max_episode_steps
+    return kwargs
+
+
 def make_env(
     env_cfg: Any,
     seed: int | None = None,
@@ -215,13 +224,10 @@ def make_env(
         from liquid_control.envs.wrappers import make_env as make_own_env
 
         env = make_own_env(
-            env_cfg.id, dict(env_cfg.wrappers) if randomize else {}, **env_cfg.kwargs
+            env_cfg.id, dict(env_cfg.wrappers) if randomize else {}, **_episode_kwargs(env_cfg)
         )
     else:
-        kwargs = dict(env_cfg.kwargs)
-        if env_cfg.max_episode_steps:
-            kwargs["max_episode_steps"] = env_cfg.max_episode_steps
-        env = gym.make(env_cfg.id, **kwargs)
+        env = gym.make(env_cfg.id, **_episode_kwargs(env_cfg))
         if randomize and env_cfg.wrappers:
             env = apply_perturbations(env, env_cfg.wrappers, seed, obs_std)
     if perturb:
