@@ -66,11 +66,14 @@ RESERVED_HYPERPARAMS = {"policy", "env", "seed", "device", "verbose", "tensorboa
                         "policy_kwargs"}  # fmt: skip
 
 
-def preflight(cfg: TrainConfig, out: Path, resume: bool, stages: tuple[str, ...]) -> None:
+def preflight(
+    cfg: TrainConfig, out: Path, resume: bool, stages: tuple[str, ...]
+) -> tuple[int, int]:
     """Everything that can be checked before any work starts (and before the run folder is
     written): the env id, the wiring against the env's action count, the teacher's
     hyperparameters against the algorithm's signature, --resume on a run that is there, and
-    every requested stage's inputs. ConfigError / RunFolderError, one line naming the field."""
+    every requested stage's inputs. ConfigError / RunFolderError, one line naming the field.
+    Returns the env's (observation, action) sizes."""
     import inspect
 
     import gymnasium as gym
@@ -123,6 +126,7 @@ def preflight(cfg: TrainConfig, out: Path, resume: bool, stages: tuple[str, ...]
                 f"--stages {stage}: needs the {need} stage, which {out} does not hold; "
                 f"run --stages {need} first (or leave --stages out)"
             )
+    return int(np.prod(obs_shape)), int(shape[0])
 
 
 def run_pipeline(
@@ -139,7 +143,10 @@ def run_pipeline(
     if unknown:
         raise ConfigError(f"stages: unknown {unknown}; expected some of {list(STAGES)}")
     torch.set_num_threads(cfg.torch_threads)
-    preflight(cfg, Path(out), resume, stages)
+    obs_dim, act_dim = preflight(cfg, Path(out), resume, stages)
+    many = "s" if act_dim != 1 else ""
+    print(f"{cfg.name}: {cfg.env.id}, {obs_dim} observations, {act_dim} action{many} -> LTC-"
+          f"{cfg.student.units} with {act_dim} motor neuron{many} (one per action)", flush=True)  # fmt: skip
     out = prepare_run_folder(cfg, out, resume)
     timings_path = out / "timings.json"
     timings = read_json(timings_path) if timings_path.exists() else {}
