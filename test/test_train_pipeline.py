@@ -218,6 +218,32 @@ def test_episode_length_is_env_max_episode_steps_for_every_env() -> None:
         env.close()
 
 
+def test_the_teacher_kept_is_the_best_by_evaluation_unless_the_last_is_as_good(tmp_path):
+    from liquid_control.train.io import read_json, write_json
+    from liquid_control.train.teacher import keep_teacher
+
+    out = tmp_path / "teacher"
+    (out / "best").mkdir(parents=True)
+    (out / "best" / "model.zip").write_bytes(b"best model")
+    write_json(out / "best" / "obs_norm.json", {"at": "best"})
+    write_json(out / "best" / "best.json", {"num_timesteps": 150, "return": 2094.0})
+    finals = []
+
+    def save_final():
+        finals.append(1)
+        (out / "model.zip").write_bytes(b"final model")
+
+    # the Hopper case: the best evaluation (2094 at 150k) beat the last one (1653 at 200k)
+    kept = keep_teacher(out, [[1500.0, 1600.0], [2094.0, 2094.0], [1653.0, 1653.0]], save_final)
+    assert kept == {"kept": "best", "best_timesteps": 150, "best_return": 2094.0,
+                    "last_eval_return": 1653.0}  # fmt: skip
+    assert (out / "model.zip").read_bytes() == b"best model" and not finals
+    assert read_json(out / "obs_norm.json") == {"at": "best"}
+    # the last evaluation as good as the best: the final teacher is kept
+    kept = keep_teacher(out, [[2094.0], [2094.0]], save_final)
+    assert kept["kept"] == "final" and finals and (out / "model.zip").read_bytes() == b"final model"
+
+
 def test_config_requires_env_id() -> None:
     with pytest.raises(ConfigError, match=r"env\.id: missing"):
         config_from_dict({"name": "x", "env": {}})

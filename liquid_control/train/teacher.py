@@ -1,7 +1,9 @@
 """Stage 1, the teacher: a stable-baselines3 MLP policy (PPO or SAC) trained on the task's env.
 
-Files in ``RUN/teacher/``: ``model.zip`` + ``obs_norm.json`` (the finished teacher), ``ckpt/`` with
-the latest resumable checkpoint (written atomically, indexed by ``checkpoint.json``), ``eval/``
+Files in ``RUN/teacher/``: ``model.zip`` + ``obs_norm.json`` (the teacher kept: the best by
+evaluation return if it beat the last evaluation, else the final one; ``done.json`` says which),
+``best/`` (the best-by-evaluation model and normaliser, with ``best.json``), ``ckpt/`` with the
+latest resumable checkpoint (written atomically, indexed by ``checkpoint.json``), ``eval/``
 (EvalCallback's evaluations.npz: the learning curve), ``tb/`` (TensorBoard) and ``monitor/``.
 Observation normalisation (VecNormalize) is stored as JSON, so querying the teacher needs no pickle.
 """
@@ -97,6 +99,13 @@ def _save_model_atomic(model, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _save_model_and_norm(model, venv: Any, folder: Path) -> None:
+    """model.zip, and obs_norm.json when `venv` (a VecNormalize) is given."""
+    _save_model_atomic(model, folder / "model.zip")
+    if venv is not None:
+        write_json(folder / "obs_norm.json", _norm_state(venv))
+
+
 def _make_venv(cfg: TrainConfig, seed: int, n_envs: int, training: bool):
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
@@ -171,6 +180,8 @@ def train_teacher(cfg: TrainConfig, run_dir: str | os.PathLike, progress: bool =
             return True
 
     class Progress(BaseCallback):
+        shown = 0  # evaluations shown on the bar
+
         def _on_training_start(self) -> None:
             from tqdm import tqdm
 
@@ -185,10 +196,16 @@ def train_teacher(cfg: TrainConfig, run_dir: str | os.PathLike, progress: bool =
 
         def _on_step(self) -> bool:
             self.bar.update(self.num_timesteps - self.bar.n)
+            if evaluator.evaluations_results and len(evaluator.evaluations_results) != self.shown:
+                self.shown = len(evaluator.evaluations_results)
+                self.bar.set_postfix(eval=f"{evaluator.last_mean_reward:.1f}",
+                                     best=f"{evaluator.best_mean_reward:.1f}")  # fmt: skip
             return True
 
         def _on_training_end(self) -> None:
             self.bar.close()
+
+    best_dir = out / "best"
 
     evaluator = EvalCallback(
         eval_env,
@@ -196,9 +213,12 @@ def train_teacher(cfg: TrainConfig, run_dir: str | os.PathLike, progress: bool =
         eval_freq=max(t.eval_freq // t.n_envs, 1),
         log_path=str(out / "eval"),
         best_model_save_path=None,
+        callback_on_new_best=_save_best(best_dir, venv if t.normalize else None),
         deterministic=True,
         verbose=0,
     )
+    if (best_dir / "best.json").exists():  # (resumed: a new best must beat the one kept)
+        evaluator.best_mean_reward = float(read_json(best_dir / "best.json")["return"])
     previous = out / "eval" / "evaluations.npz"
     if done_steps and previous.exists():  # keep the learning curve from before the interruption
         with np.load(previous, allow_pickle=False) as data:
@@ -214,13 +234,55 @@ def train_teacher(cfg: TrainConfig, run_dir: str | os.PathLike, progress: bool =
             reset_num_timesteps=done_steps == 0,
             tb_log_name=t.algo,
         )
-    _save_model_atomic(model, out / "model.zip")
-    if t.normalize:
-        write_json(out / "obs_norm.json", _norm_state(venv))
-    write_json(out / "done.json", {"num_timesteps": int(model.num_timesteps), "algo": t.algo})
+
+    def save_final() -> None:
+        _save_model_and_norm(model, venv if t.normalize else None, out)
+
+    record = {"num_timesteps": int(model.num_timesteps), "algo": t.algo}
+    record.update(keep_teacher(out, evaluator.evaluations_results, save_final))
+    write_json(out / "done.json", record)
     venv.close()
     eval_env.close()
     return out
+
+
+def _save_best(best_dir: Path, venv: Any):
+    """A callback for EvalCallback's new bests: the model and its normaliser (of `venv`, if
+    normalised), then best.json naming the step and the return."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class SaveBest(BaseCallback):
+        def _on_step(self) -> bool:
+            best_dir.mkdir(exist_ok=True)
+            _save_model_and_norm(self.model, venv, best_dir)
+            write_json(best_dir / "best.json", {"num_timesteps": int(self.num_timesteps),
+                                                "return": float(self.parent.best_mean_reward)})  # fmt: skip
+            return True
+
+    return SaveBest()
+
+
+def keep_teacher(out: Path, evaluations: list, save_final) -> dict[str, Any]:
+    """model.zip + obs_norm.json in `out`: the best-by-evaluation teacher of ``out/best`` if its
+    return beat the last of `evaluations` (EvalCallback's returns per evaluation; a late collapse
+    is not kept), else the final one (`save_final()`). Returns what was kept, for done.json."""
+    import shutil
+
+    last = float(np.mean(evaluations[-1])) if len(evaluations) else None
+    best_dir = out / "best"
+    best = read_json(best_dir / "best.json") if (best_dir / "best.json").exists() else None
+    kept: dict[str, Any] = {"kept": "final"}
+    if best is not None and last is not None and best["return"] > last:
+        for name in ("model.zip", "obs_norm.json"):
+            if (best_dir / name).exists():
+                tmp = out / f".{name}.tmp"
+                shutil.copyfile(best_dir / name, tmp)
+                os.replace(tmp, out / name)
+        kept.update(kept="best", best_timesteps=best["num_timesteps"])
+    else:
+        save_final()
+    kept.update(best_return=best["return"] if best else None, last_eval_return=last)
+    return kept
 
 
 def save_checkpoint(model, venv, ckpt_dir: Path, num_timesteps: int) -> None:
