@@ -14,6 +14,7 @@ import sys
 COMMANDS = [
     "liquid_control.tools.inspect",
     "liquid_control.train.commands",
+    "liquid_control.train.schema",
     "liquid_control.data.commands",
     "liquid_control.demo",
 ]

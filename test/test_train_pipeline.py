@@ -244,6 +244,23 @@ def test_the_teacher_kept_is_the_best_by_evaluation_unless_the_last_is_as_good(t
     assert kept["kept"] == "final" and finals and (out / "model.zip").read_bytes() == b"final model"
 
 
+def test_every_config_key_is_documented_and_docs_config_md_is_current() -> None:
+    from liquid_control.train.schema import DOCS, fields, schema_markdown
+
+    keys = {k for k, *_ in fields()}
+    assert keys == set(DOCS) - {"source"}, keys ^ (set(DOCS) - {"source"})
+    assert all(DOCS[k] for k in keys)
+    assert (ROOT / "docs" / "config.md").read_text() == schema_markdown(), (
+        "docs/config.md is stale: liquid-control config schema > docs/config.md"
+    )
+    shown = cli("config", "show", "cartpole_tiny")
+    assert shown.returncode == 0, shown.stderr
+    data = yaml.safe_load(shown.stdout)
+    assert data["env"]["max_episode_steps"] == 200 and data["distill"]["grad_clip"] == 1.0
+    bad = cli("config", "show", "no_such_task")
+    assert bad.returncode == 2 and "no such file or task" in bad.stderr and "cartpole" in bad.stderr
+
+
 def test_config_requires_env_id() -> None:
     with pytest.raises(ConfigError, match=r"env\.id: missing"):
         config_from_dict({"name": "x", "env": {}})
