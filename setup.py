@@ -191,6 +191,8 @@ setup(
             "onnxruntime",
             "imageio",  # gymnasium's MuJoCo envs import it
         ],
+        # sweeps (liquid-control sweep): never on a robot
+        "scale": ["optuna>=4.0"],
         "test-ros": [*TEST, *BAGS],  # what the ROS tests need beside the ros and sim extras
         "test": [
             *TEST,

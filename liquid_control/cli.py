@@ -15,6 +15,7 @@ COMMANDS = [
     "liquid_control.tools.inspect",
     "liquid_control.train.commands",
     "liquid_control.train.schema",
+    "liquid_control.train.sweep",
     "liquid_control.data.commands",
     "liquid_control.demo",
 ]

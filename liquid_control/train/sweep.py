@@ -1,0 +1,257 @@
+"""`liquid-control sweep CONFIG --trials N --out SWEEP`: an Optuna search over the student (size,
+sparsity, ODE unfolds, learning rate, BPTT window, DAgger schedule), each trial over one or more
+training seeds, against one teacher trained once.
+
+The teacher is the expensive part and does not depend on the student, so it is trained (or
+resumed) once in ``SWEEP/base``; a trial is the distill stage with the trial's student settings
+in ``SWEEP/trials/<number>/seed<seed>`` (the teacher linked in), scored by the closed-loop return
+of its best LTC on held-out episodes (seeds 200000+, not the ones that selected it), averaged
+over the seeds. The LSTM of equal neuron count is scored on the same episodes, for the Pareto
+plot of parameters against return.
+
+Storage is SQLite (``SWEEP/study.db``): a killed sweep continues where it was with the same
+command; trials a kill left running are marked failed and their parameters are tried again.
+``--n-jobs K`` runs K trials at once on this machine. Files: ``results.md`` (every finished
+trial, best first), ``results.json`` and ``pareto.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import ConfigError, TrainConfig, load_config
+from .io import atomic_write_bytes, read_json, write_json
+
+HELD_OUT_SEED = 200_000
+STUDY = "liquid_control_sweep"
+
+
+def space(trial: Any, cfg: TrainConfig, act_dim: int) -> TrainConfig:
+    """The trial's config: the student and distill settings Optuna samples."""
+    s, d = cfg.student, cfg.distill
+    units = trial.suggest_int("units", max(8, act_dim + 4), max(32, act_dim + 8))
+    window = trial.suggest_categorical("window", [16, 24, 32, 48])
+    student = dataclasses.replace(
+        s,
+        units=units,
+        sparsity_level=trial.suggest_float("sparsity_level", 0.2, 0.8),
+        ode_unfolds=trial.suggest_int("ode_unfolds", 2, 8),
+    )
+    distill = dataclasses.replace(
+        d,
+        lr=trial.suggest_float("lr", 1e-3, 3e-2, log=True),
+        window=window,
+        burn_in=min(d.burn_in, window // 4),
+        beta_decay=trial.suggest_float("beta_decay", 0.3, 0.8),
+    )
+    return dataclasses.replace(cfg, student=student, distill=distill)
+
+
+def _parameters(name: str, model: Any) -> int:
+    """Trainable parameters as the results table counts them (the LTC: its wiring's synapses)."""
+    return int(model.wiring.parameter_count() if name == "ltc" else model.parameter_count())
+
+
+def run_trial(cfg: TrainConfig, base: Path, folder: Path, seeds: list[int], episodes: int) -> dict:
+    """Distill the trial's student for each seed (resumable) and score it on held-out episodes."""
+    from .distill import evaluate_student, load_best
+    from .pipeline import run_pipeline
+
+    scores: dict[str, list[float]] = {}
+    params: dict[str, int] = {}
+    for seed in seeds:
+        seeded = dataclasses.replace(cfg, seed=seed)
+        run = folder / f"seed{seed}"
+        run.mkdir(parents=True, exist_ok=True)
+        if not (run / "teacher").exists():
+            os.symlink((base / "teacher").resolve(), run / "teacher", target_is_directory=True)
+        resume = (run / "config.json").exists()
+        run_pipeline(seeded, run, resume=resume, stages=("distill",), progress=False)
+        students, spec = load_best(seeded, run)
+        for name, model in students.items():
+            ret = evaluate_student(model, spec, seeded, episodes, seed=HELD_OUT_SEED)
+            scores.setdefault(name, []).append(ret)
+            params[name] = _parameters(name, model)
+    return {
+        "returns": {k: float(np.mean(v)) for k, v in scores.items()},
+        "per_seed": scores,
+        "parameters": params,
+    }
+
+
+def sweep(
+    cfg: TrainConfig,
+    out: str | os.PathLike,
+    trials: int,
+    seeds: list[int],
+    n_jobs: int = 1,
+    episodes: int = 5,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run (or continue) the study to `trials` finished trials; returns the finished trials."""
+    import optuna
+
+    from .pipeline import run_pipeline
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stored = out / "sweep.json"
+    mine = {"config": {k: v for k, v in cfg.to_dict().items() if k != "source"},
+            "seeds": seeds, "episodes": episodes}  # fmt: skip
+    if stored.exists() and read_json(stored) != mine:
+        raise ConfigError(
+            f"{out}: this sweep was started with another config, seeds or episodes; use another --out"
+        )
+    write_json(stored, mine)
+    base = out / "base"
+    run_pipeline(cfg, base, resume=(base / "config.json").exists(), stages=("teacher",),
+                 progress=progress)  # fmt: skip
+    from .distill import base_spec
+
+    act_dim = base_spec(cfg).action_dim
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(out / 'study.db').resolve()}")
+    study = optuna.create_study(
+        study_name=STUDY,
+        storage=storage,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=cfg.seed),
+        load_if_exists=True,
+    )
+    # a kill leaves trials RUNNING: fail them and try their parameters again
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(t.params, skip_if_exists=False)
+
+    def objective(trial: Any) -> float:
+        trial_cfg = space(trial, cfg, act_dim)
+        result = run_trial(trial_cfg, base, out / "trials" / f"{trial.number:04d}", seeds, episodes)
+        for key, value in (("returns", result["returns"]), ("parameters", result["parameters"]),
+                           ("per_seed", result["per_seed"])):  # fmt: skip
+            trial.set_user_attr(key, value)
+        return result["returns"]["ltc"]
+
+    done = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+    if trials > done:
+        study.optimize(objective, n_trials=trials - done, n_jobs=n_jobs, gc_after_trial=True,
+                       show_progress_bar=progress)  # fmt: skip
+    rows = report(study, out)
+    return rows
+
+
+def report(study: Any, out: Path) -> list[dict[str, Any]]:
+    """results.md, results.json and pareto.png of the finished trials."""
+    import optuna
+
+    rows = []
+    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        rows.append({"trial": t.number, **t.params, "ltc_return": t.value,
+                     "lstm_return": t.user_attrs["returns"].get("lstm"),
+                     "ltc_parameters": t.user_attrs["parameters"]["ltc"],
+                     "lstm_parameters": t.user_attrs["parameters"].get("lstm"),
+                     "per_seed": t.user_attrs["per_seed"]})  # fmt: skip
+    rows.sort(key=lambda r: -r["ltc_return"])
+    write_json(out / "results.json", rows)
+    keys = ["units", "sparsity_level", "ode_unfolds", "lr", "window", "beta_decay"]
+    lines = [
+        "| trial | "
+        + " | ".join(keys)
+        + " | LTC return | LTC params | LSTM return | LSTM params |",
+        "|---:|" + "---:|" * (len(keys) + 4),
+    ]
+    for r in rows:
+        cells = [f"{r[k]:.3g}" if isinstance(r[k], float) else str(r[k]) for k in keys]
+        lstm = f"{r['lstm_return']:.1f}" if r["lstm_return"] is not None else "-"
+        lines.append(f"| {r['trial']} | " + " | ".join(cells) + f" | {r['ltc_return']:.1f} | "
+                     f"{r['ltc_parameters']} | {lstm} | {r['lstm_parameters'] or '-'} |")  # fmt: skip
+    atomic_write_bytes(out / "results.md", ("\n".join(lines) + "\n").encode())
+    if rows:
+        _pareto_plot(rows, out / "pareto.png")
+    return rows
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both fewer parameters and more return."""
+    front = []
+    for i, (p, r) in enumerate(points):
+        if not any((q <= p and s >= r) and (q < p or s > r) for q, s in points):
+            front.append(i)
+    return front
+
+
+def _pareto_plot(rows: list[dict], path: Path) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for key, label, colour in (("ltc", "LTC", "tab:blue"), ("lstm", "LSTM", "tab:orange")):
+        pts = [(r[f"{key}_parameters"], r[f"{key}_return"]) for r in rows
+               if r.get(f"{key}_return") is not None]  # fmt: skip
+        if not pts:
+            continue
+        ax.scatter(*zip(*pts, strict=True), label=label, color=colour, alpha=0.7)
+        front = sorted(pts[i] for i in pareto_front(pts))
+        ax.step(*zip(*front, strict=True), where="post", color=colour, linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters")
+    ax.set_ylabel("held-out return")
+    ax.set_title("sweep: parameters against return (lines: Pareto fronts)")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sweep", help="Optuna search over the student (size, sparsity, unfolds, lr, window, DAgger)"
+    )
+    p.add_argument("config", help="training YAML (its teacher is trained once)")
+    p.add_argument("--trials", type=int, required=True, help="finished trials to reach")
+    p.add_argument("--out", required=True, help="sweep folder (study.db, trials/, results)")
+    p.add_argument("--seeds", default="0", help="training seeds per trial, e.g. 0,1,2")
+    p.add_argument("--episodes", type=int, default=5, help="held-out episodes per seed")
+    p.add_argument("--n-jobs", type=int, default=1, help="trials at once on this machine")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_sweep)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .pipeline import RunFolderError
+
+    try:
+        for name in ("trials", "episodes", "n_jobs"):
+            if getattr(args, name) < 1:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')}: expected >= 1, got {getattr(args, name)}"
+                )
+        try:
+            seeds = [int(s) for s in args.seeds.split(",")]
+        except ValueError:
+            raise ConfigError(
+                f"--seeds: expected integers like 0,1,2, got {args.seeds!r}"
+            ) from None
+        cfg = load_config(args.config)
+        rows = sweep(cfg, args.out, args.trials, seeds, args.n_jobs, args.episodes,
+                     not args.no_progress)  # fmt: skip
+    except (ConfigError, RunFolderError) as exc:
+        print(f"liquid-control sweep: {exc}", file=sys.stderr)
+        return 2
+    print((Path(args.out) / "results.md").read_text())
+    print(
+        f"{len(rows)} trials; best LTC return {rows[0]['ltc_return']:.1f} (trial {rows[0]['trial']})"
+    )
+    return 0
