@@ -192,7 +192,7 @@ setup(
             "imageio",  # gymnasium's MuJoCo envs import it
         ],
         # sweeps (liquid-control sweep): never on a robot
-        "scale": ["optuna>=4.0"],
+        "scale": ["optuna>=4.0", "ray[tune]>=2.40"],
         "test-ros": [*TEST, *BAGS],  # what the ROS tests need beside the ros and sim extras
         "test": [
             *TEST,

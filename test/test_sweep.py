@@ -91,3 +91,55 @@ def test_a_sweep_runs_trials_in_parallel_reports_and_resumes_after_a_kill(tmp_pa
                        timeout=300)  # fmt: skip
     assert r.returncode == 2 and "another config" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A real local Ray head (2 CPUs) on 127.0.0.1, stopped after the test."""
+    pytest.importorskip("ray", reason="the scale extra is not installed")
+    ray_bin = Path(sys.executable).with_name("ray")
+    port = _free_port()
+    temp = Path(f"/tmp/lc_ray_{os.getpid()}")  # (short: Ray's socket paths have a length limit)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    start = [str(ray_bin), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+             "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={temp}",
+             "--disable-usage-stats"]  # fmt: skip
+    r = subprocess.run(start, capture_output=True, text=True, timeout=180, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, timeout=120, env=env)
+
+
+def test_a_sweep_runs_on_a_ray_cluster_and_gathers_results_and_policies(tmp_path, ray_head):
+    from liquid_control.core.policy import Policy
+
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text(CONFIG)
+    out = tmp_path / "sweep"
+    r = subprocess.run(
+        sweep_cmd(cfg, out, "--trials", "2", "--n-jobs", "2", "--ray-address", ray_head),
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads((out / "results.json").read_text())
+    assert len(rows) == 2 and all(row["host"] for row in rows)
+    for row in rows:  # the best LTC of each trial came back from its worker
+        policy = Policy.load(row["policy"])
+        assert policy.wiring.units == row["units"] and policy.spec.obs_dim == 9
+    assert (out / "pareto.png").exists() and "| trial |" in (out / "results.md").read_text()
+    # a head that is not there: one line, exit code 2
+    r = subprocess.run(sweep_cmd(cfg, tmp_path / "other", "--trials", "1", "--ray-address",
+                                 f"127.0.0.1:{_free_port()}"),
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 2 and "--ray-address" in r.stderr, r.stderr[-2000:]

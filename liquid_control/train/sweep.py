@@ -33,24 +33,26 @@ HELD_OUT_SEED = 200_000
 STUDY = "liquid_control_sweep"
 
 
-def space(trial: Any, cfg: TrainConfig, act_dim: int) -> TrainConfig:
-    """The trial's config: the student and distill settings Optuna samples."""
+def suggest(trial: Any, act_dim: int) -> None:
+    """The search space, define-by-run (an Optuna trial; Ray Tune's OptunaSearch calls it too)."""
+    trial.suggest_int("units", max(8, act_dim + 4), max(32, act_dim + 8))
+    trial.suggest_float("sparsity_level", 0.2, 0.8)
+    trial.suggest_int("ode_unfolds", 2, 8)
+    trial.suggest_float("lr", 1e-3, 3e-2, log=True)
+    trial.suggest_categorical("window", [16, 24, 32, 48])
+    trial.suggest_float("beta_decay", 0.3, 0.8)
+
+
+def with_params(cfg: TrainConfig, params: dict[str, Any]) -> TrainConfig:
+    """The trial's config: the sampled student and distill settings in place."""
     s, d = cfg.student, cfg.distill
-    units = trial.suggest_int("units", max(8, act_dim + 4), max(32, act_dim + 8))
-    window = trial.suggest_categorical("window", [16, 24, 32, 48])
-    student = dataclasses.replace(
-        s,
-        units=units,
-        sparsity_level=trial.suggest_float("sparsity_level", 0.2, 0.8),
-        ode_unfolds=trial.suggest_int("ode_unfolds", 2, 8),
-    )
-    distill = dataclasses.replace(
-        d,
-        lr=trial.suggest_float("lr", 1e-3, 3e-2, log=True),
-        window=window,
-        burn_in=min(d.burn_in, window // 4),
-        beta_decay=trial.suggest_float("beta_decay", 0.3, 0.8),
-    )
+    window = int(params["window"])
+    student = dataclasses.replace(s, units=int(params["units"]),
+                                  sparsity_level=float(params["sparsity_level"]),
+                                  ode_unfolds=int(params["ode_unfolds"]))  # fmt: skip
+    distill = dataclasses.replace(d, lr=float(params["lr"]), window=window,
+                                  burn_in=min(d.burn_in, window // 4),
+                                  beta_decay=float(params["beta_decay"]))  # fmt: skip
     return dataclasses.replace(cfg, student=student, distill=distill)
 
 
@@ -94,12 +96,16 @@ def sweep(
     n_jobs: int = 1,
     episodes: int = 5,
     progress: bool = True,
+    ray_address: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Run (or continue) the study to `trials` finished trials; returns the finished trials."""
+    """Run (or continue) the study to `trials` finished trials; returns the finished trials.
+    With `ray_address`, the trials run on that Ray cluster (see `_sweep_on_ray`)."""
     import optuna
 
     from .pipeline import run_pipeline
 
+    if ray_address is not None:
+        _check_ray_address(ray_address)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stored = out / "sweep.json"
@@ -117,6 +123,8 @@ def sweep(
 
     act_dim = base_spec(cfg).action_dim
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if ray_address is not None:
+        return _sweep_on_ray(cfg, out, trials, seeds, n_jobs, episodes, act_dim, ray_address)
     storage = optuna.storages.RDBStorage(f"sqlite:///{(out / 'study.db').resolve()}")
     study = optuna.create_study(
         study_name=STUDY,
@@ -131,7 +139,8 @@ def sweep(
         study.enqueue_trial(t.params, skip_if_exists=False)
 
     def objective(trial: Any) -> float:
-        trial_cfg = space(trial, cfg, act_dim)
+        suggest(trial, act_dim)
+        trial_cfg = with_params(cfg, trial.params)
         result = run_trial(trial_cfg, base, out / "trials" / f"{trial.number:04d}", seeds, episodes)
         for key, value in (("returns", result["returns"]), ("parameters", result["parameters"]),
                            ("per_seed", result["per_seed"])):  # fmt: skip
@@ -142,21 +151,138 @@ def sweep(
     if trials > done:
         study.optimize(objective, n_trials=trials - done, n_jobs=n_jobs, gc_after_trial=True,
                        show_progress_bar=progress)  # fmt: skip
-    rows = report(study, out)
-    return rows
-
-
-def report(study: Any, out: Path) -> list[dict[str, Any]]:
-    """results.md, results.json and pareto.png of the finished trials."""
-    import optuna
-
     rows = []
     for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
-        rows.append({"trial": t.number, **t.params, "ltc_return": t.value,
-                     "lstm_return": t.user_attrs["returns"].get("lstm"),
-                     "ltc_parameters": t.user_attrs["parameters"]["ltc"],
-                     "lstm_parameters": t.user_attrs["parameters"].get("lstm"),
-                     "per_seed": t.user_attrs["per_seed"]})  # fmt: skip
+        rows.append(_row(t.number, t.params, t.user_attrs))
+    return report(rows, out)
+
+
+def _row(number: int, params: dict, result: dict) -> dict[str, Any]:
+    return {"trial": number, **params, "ltc_return": result["returns"]["ltc"],
+            "lstm_return": result["returns"].get("lstm"),
+            "ltc_parameters": result["parameters"]["ltc"],
+            "lstm_parameters": result["parameters"].get("lstm"),
+            "per_seed": result["per_seed"]}  # fmt: skip
+
+
+def _ray_trial(params: dict, cfg_dict: dict, teacher: dict, seeds: list, episodes: int) -> None:
+    """One trial on a Ray worker: the teacher's files (sent with the trial: no shared disk
+    needed) in a scratch folder, the distill runs, the score and the best LTC policy reported
+    back to the driver."""
+    import base64
+    import tempfile
+
+    from ray import tune
+
+    from .config import config_from_dict
+    from .distill import load_best
+
+    cfg = with_params(config_from_dict(cfg_dict), params)
+    with tempfile.TemporaryDirectory(prefix="lc_trial_") as tmp:
+        base = Path(tmp) / "base"
+        (base / "teacher").mkdir(parents=True)
+        for name, data in teacher.items():
+            (base / "teacher" / name).write_bytes(data)
+        result = run_trial(cfg, base, Path(tmp) / "trial", seeds, episodes)
+        best = max(range(len(seeds)), key=lambda i: result["per_seed"]["ltc"][i])
+        seeded = dataclasses.replace(cfg, seed=seeds[best])
+        students, spec = load_best(seeded, Path(tmp) / "trial" / f"seed{seeds[best]}")
+        path = Path(tmp) / "best.lcp"
+        students["ltc"].to_policy(spec).save(path)
+        policy = base64.b64encode(path.read_bytes()).decode()
+    tune.report({"ltc_return": result["returns"]["ltc"], "result": result, "policy": policy,
+                 "host": os.uname().nodename})  # fmt: skip
+
+
+def _check_ray_address(address: str) -> None:
+    """A host:port with nothing listening is a one-line error now (ray.init would retry for
+    minutes), before the teacher trains."""
+    host, sep, port = address.rpartition(":")
+    if sep and port.isdigit():
+        import socket
+
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5.0).close()
+        except OSError as exc:
+            raise ConfigError(
+                f"--ray-address {address}: no Ray head answers there ({exc.strerror or exc}); "
+                "start one with `ray start --head` or give its host:port"
+            ) from None
+
+
+def _sweep_on_ray(
+    cfg: TrainConfig,
+    out: Path,
+    trials: int,
+    seeds: list[int],
+    n_jobs: int,
+    episodes: int,
+    act_dim: int,
+    address: str,
+) -> list[dict[str, Any]]:
+    """The same trials on a Ray cluster: Ray Tune with its Optuna searcher (the same
+    define-by-run space), one trial per worker CPU, at most `n_jobs` at once; results, and
+    each trial's best LTC policy (``trials/<number>/best.lcp``), gathered back here. A killed
+    Ray sweep continues from ``SWEEP/ray`` with the same command."""
+    import base64
+    import functools
+
+    import ray
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    try:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ConfigError(f"--ray-address {address}: cannot connect ({exc})") from None
+    try:
+        teacher = {f.name: f.read_bytes() for f in (out / "base" / "teacher").iterdir()
+                   if f.is_file() and f.name in ("model.zip", "obs_norm.json", "done.json")}  # fmt: skip
+        trainable = tune.with_parameters(
+            _ray_trial_entry, cfg_dict={k: v for k, v in cfg.to_dict().items() if k != "source"},
+            teacher=teacher, seeds=seeds, episodes=episodes,
+        )  # fmt: skip
+        trainable = tune.with_resources(trainable, {"cpu": 1})
+        storage = (out / "ray").resolve()
+        name = "sweep"
+        if tune.Tuner.can_restore(storage / name):
+            tuner = tune.Tuner.restore(str(storage / name), trainable, resume_errored=True,
+                                       restart_errored=False)  # fmt: skip
+        else:
+            search = OptunaSearch(space=functools.partial(suggest, act_dim=act_dim),
+                                  metric="ltc_return", mode="max", seed=cfg.seed)  # fmt: skip
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=search, num_samples=trials, max_concurrent_trials=n_jobs
+                ),  # fmt: skip
+                run_config=tune.RunConfig(storage_path=str(storage), name=name, verbose=0),
+            )
+        grid = tuner.fit()
+    finally:
+        ray.shutdown()
+    rows = []
+    for number, res in enumerate(grid):
+        if res.error is not None or not res.metrics or "result" not in res.metrics:
+            continue
+        params = {k: res.config[k] for k in ("units", "sparsity_level", "ode_unfolds", "lr",
+                                             "window", "beta_decay")}  # fmt: skip
+        folder = out / "trials" / f"ray{number:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(folder / "best.lcp", base64.b64decode(res.metrics["policy"]))
+        write_json(folder / "trial.json", {"params": params, **res.metrics["result"],
+                                           "host": res.metrics.get("host")})  # fmt: skip
+        rows.append({**_row(number, params, res.metrics["result"]), "host": res.metrics.get("host"),
+                     "policy": str(folder / "best.lcp")})  # fmt: skip
+    return report(rows, out)
+
+
+def _ray_trial_entry(config: dict, cfg_dict: dict, teacher: dict, seeds: list, episodes: int):
+    _ray_trial(config, cfg_dict, teacher, seeds, episodes)
+
+
+def report(rows: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
+    """results.md, results.json and pareto.png of the finished trials (best first)."""
     rows.sort(key=lambda r: -r["ltc_return"])
     write_json(out / "results.json", rows)
     keys = ["units", "sparsity_level", "ode_unfolds", "lr", "window", "beta_decay"]
@@ -224,7 +350,13 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="sweep folder (study.db, trials/, results)")
     p.add_argument("--seeds", default="0", help="training seeds per trial, e.g. 0,1,2")
     p.add_argument("--episodes", type=int, default=5, help="held-out episodes per seed")
-    p.add_argument("--n-jobs", type=int, default=1, help="trials at once on this machine")
+    p.add_argument("--n-jobs", type=int, default=1, help="trials at once (here, or on Ray)")
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDRESS",
+        help="run the trials on this Ray cluster (host:port of its head, or 'auto')",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_sweep)
 
@@ -246,7 +378,7 @@ def _sweep(args: argparse.Namespace) -> int:
             ) from None
         cfg = load_config(args.config)
         rows = sweep(cfg, args.out, args.trials, seeds, args.n_jobs, args.episodes,
-                     not args.no_progress)  # fmt: skip
+                     not args.no_progress, args.ray_address)  # fmt: skip
     except (ConfigError, RunFolderError) as exc:
         print(f"liquid-control sweep: {exc}", file=sys.stderr)
         return 2
