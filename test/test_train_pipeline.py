@@ -567,3 +567,21 @@ def test_optimiser_state_round_trips_without_pickle(tmp_path):
     for i, s in a["state"].items():
         for k, v in s.items():
             torch.testing.assert_close(b["state"][i][k], v)
+
+
+@pytest.mark.slow
+def test_a_teacher_on_worker_processes_is_the_teacher_of_one_process(tmp_path: Path) -> None:
+    from stable_baselines3 import PPO
+
+    from liquid_control.train.pipeline import run_pipeline
+
+    models = []
+    for subproc in (False, True):
+        data = json.loads(json.dumps(TINY))
+        data["teacher"] = {**data["teacher"], "subproc_envs": subproc, "total_timesteps": 1024}
+        run = tmp_path / f"subproc_{subproc}"
+        run_pipeline(config_from_dict(data), run, stages=("teacher",), progress=False)
+        models.append(PPO.load(run / "teacher" / "model.zip", device="cpu").policy.state_dict())
+    # the envs stepped elsewhere, the same training: equal to float32 rounding (3e-8 measured)
+    worst = max(float((v - models[1][k]).abs().max()) for k, v in models[0].items())
+    assert worst < 1e-5, worst

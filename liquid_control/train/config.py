@@ -51,6 +51,7 @@ class TeacherConfig:
     eval_freq: int = 10_000  # environment steps between EvalCallback runs
     eval_episodes: int = 5
     checkpoint_freq: int = 20_000  # environment steps between resumable checkpoints
+    subproc_envs: bool = False  # step the n_envs training envs in worker processes
 
 
 @dataclass(frozen=True)

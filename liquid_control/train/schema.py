@@ -47,6 +47,8 @@ DOCS: dict[str, str] = {
     "best-by-evaluation teacher is kept)",
     "teacher.eval_episodes": "episodes per evaluation",
     "teacher.checkpoint_freq": "environment steps between resumable checkpoints",
+    "teacher.subproc_envs": "step the n_envs training envs in parallel worker processes "
+    "(SubprocVecEnv; worth it where an env step costs more than the process round trip)",
     "student": "the LTC student on an NCP wiring (AutoNCP)",
     "student.units": "neurons; the motor neurons are one per action of the env, the rest are "
     "split into command and inter neurons",

@@ -108,7 +108,7 @@ def _save_model_and_norm(model, venv: Any, folder: Path) -> None:
 
 def _make_venv(cfg: TrainConfig, seed: int, n_envs: int, training: bool):
     from stable_baselines3.common.monitor import Monitor
-    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecNormalize
 
     def factory(i: int):
         def make():
@@ -116,7 +116,12 @@ def _make_venv(cfg: TrainConfig, seed: int, n_envs: int, training: bool):
 
         return make
 
-    venv = DummyVecEnv([factory(i) for i in range(n_envs)])
+    # worker processes step the envs in parallel (cfg.teacher.subproc_envs, for the training envs)
+    parallel = training and cfg.teacher.subproc_envs and n_envs > 1
+    if parallel:
+        venv = SubprocVecEnv([factory(i) for i in range(n_envs)], start_method="spawn")
+    else:
+        venv = DummyVecEnv([factory(i) for i in range(n_envs)])
     venv.seed(seed)
     if cfg.teacher.normalize:
         venv = VecNormalize(
