@@ -85,12 +85,25 @@ def test_a_sweep_runs_trials_in_parallel_reports_and_resumes_after_a_kill(tmp_pa
     assert failed[0].params in [t.params for t in complete]  # (its parameters tried again)
     assert len(json.loads((out / "results.json").read_text())) == 3
     assert (out / "base" / "teacher" / "done.json").stat().st_mtime_ns == teacher_done
+    # a sweep on a teacher already trained: no teacher of its own
+    other = tmp_path / "on_teacher"
+    r = subprocess.run(sweep_cmd(cfg, other, "--trials", "1", "--teacher", str(out / "base")),
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (
+        not (other / "base").exists() and len(json.loads((other / "results.json").read_text())) == 1
+    )
     # another config on the same folder is refused, in one line
     cfg.write_text(CONFIG.replace("seed: 3", "seed: 4"))
     r = subprocess.run(sweep_cmd(cfg, out, "--trials", "4"), capture_output=True, text=True,
                        timeout=300)  # fmt: skip
     assert r.returncode == 2 and "another config" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    # and a teacher of another task
+    cfg.write_text(CONFIG.replace("max_episode_steps: 100", "max_episode_steps: 50"))
+    r = subprocess.run(sweep_cmd(cfg, tmp_path / "x", "--trials", "1", "--teacher", str(out / "base")),
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 2 and "its env section differs" in r.stderr, r.stderr[-2000:]
 
 
 def _free_port() -> int:

@@ -585,3 +585,17 @@ def test_a_teacher_on_worker_processes_is_the_teacher_of_one_process(tmp_path: P
     # the envs stepped elsewhere, the same training: equal to float32 rounding (3e-8 measured)
     worst = max(float((v - models[1][k]).abs().max()) for k, v in models[0].items())
     assert worst < 1e-5, worst
+
+
+def test_a_run_from_before_a_new_config_key_still_resumes(tmp_path: Path) -> None:
+    from liquid_control.train.io import write_json
+    from liquid_control.train.pipeline import RunFolderError, prepare_run_folder
+
+    cfg = config_from_dict(TINY)
+    old = cfg.to_dict()
+    del old["teacher"]["subproc_envs"]  # (a key this version added, at its default)
+    write_json(tmp_path / "config.json", old)
+    assert prepare_run_folder(cfg, tmp_path, resume=True) == tmp_path
+    changed = config_from_dict({**TINY, "seed": 9})
+    with pytest.raises(RunFolderError, match=r"seed: 3 -> 9"):
+        prepare_run_folder(changed, tmp_path, resume=True)

@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, config_from_dict
 from .io import read_json, write_json
 
 STAGES = ("teacher", "distill", "finetune", "evaluate", "export")
@@ -45,6 +45,10 @@ def prepare_run_folder(cfg: TrainConfig, out: str | os.PathLike, resume: bool) -
                 f"{out}: a run is already there; pass --resume to continue it or choose another --out"
             )
         theirs = {k: v for k, v in read_json(stored).items() if k != "source"}
+        try:  # (with today's defaults filled in: a key added since is not a change)
+            theirs = {k: v for k, v in config_from_dict(theirs).to_dict().items() if k != "source"}
+        except ConfigError:
+            pass  # (a key removed since: compared as stored)
         if theirs != mine:
             a, b = _flat(theirs), _flat(mine)
             changed = [f"{k}: {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}"

@@ -61,6 +61,23 @@ def _parameters(name: str, model: Any) -> int:
     return int(model.wiring.parameter_count() if name == "ltc" else model.parameter_count())
 
 
+def _checked_teacher_run(cfg: TrainConfig, run: Path) -> Path:
+    if not (run / "teacher" / "done.json").is_file() or not (run / "config.json").is_file():
+        raise ConfigError(f"--teacher {run}: expected a run folder with a finished teacher stage")
+    from .config import config_from_dict
+
+    stored = {k: v for k, v in read_json(run / "config.json").items() if k != "source"}
+    theirs = config_from_dict(stored).to_dict()  # (with today's defaults filled in)
+    mine = cfg.to_dict()
+    for section in ("env", "teacher"):
+        if theirs.get(section) != mine[section]:
+            raise ConfigError(
+                f"--teacher {run}: its {section} section differs from the sweep config's; the "
+                "student would learn from a teacher of another task"
+            )
+    return run.resolve()
+
+
 def run_trial(cfg: TrainConfig, base: Path, folder: Path, seeds: list[int], episodes: int) -> dict:
     """Distill the trial's student for each seed (resumable) and score it on held-out episodes."""
     from .distill import evaluate_student, load_best
@@ -97,9 +114,12 @@ def sweep(
     episodes: int = 5,
     progress: bool = True,
     ray_address: str | None = None,
+    teacher_run: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or continue) the study to `trials` finished trials; returns the finished trials.
-    With `ray_address`, the trials run on that Ray cluster (see `_sweep_on_ray`)."""
+    With `ray_address`, the trials run on that Ray cluster (see `_sweep_on_ray`); with
+    `teacher_run` (a run folder of `liquid-control train` whose teacher is done, on the same env
+    and teacher settings) that teacher is used instead of training one."""
     import optuna
 
     from .pipeline import run_pipeline
@@ -110,15 +130,20 @@ def sweep(
     out.mkdir(parents=True, exist_ok=True)
     stored = out / "sweep.json"
     mine = {"config": {k: v for k, v in cfg.to_dict().items() if k != "source"},
-            "seeds": seeds, "episodes": episodes}  # fmt: skip
+            "seeds": seeds, "episodes": episodes,
+            "teacher_run": str(Path(teacher_run).resolve()) if teacher_run else None}  # fmt: skip
     if stored.exists() and read_json(stored) != mine:
         raise ConfigError(
-            f"{out}: this sweep was started with another config, seeds or episodes; use another --out"
+            f"{out}: this sweep was started with another config, seeds, episodes or --teacher; "
+            "use another --out"
         )
-    write_json(stored, mine)
     base = out / "base"
-    run_pipeline(cfg, base, resume=(base / "config.json").exists(), stages=("teacher",),
-                 progress=progress)  # fmt: skip
+    if teacher_run is not None:
+        base = _checked_teacher_run(cfg, Path(teacher_run))
+    write_json(stored, mine)
+    if teacher_run is None:
+        run_pipeline(cfg, base, resume=(base / "config.json").exists(), stages=("teacher",),
+                     progress=progress)  # fmt: skip
     from .distill import base_spec
 
     act_dim = base_spec(cfg).action_dim
@@ -352,6 +377,12 @@ def register(subparsers) -> None:
     p.add_argument("--episodes", type=int, default=5, help="held-out episodes per seed")
     p.add_argument("--n-jobs", type=int, default=1, help="trials at once (here, or on Ray)")
     p.add_argument(
+        "--teacher",
+        default=None,
+        metavar="RUN",
+        help="use the finished teacher of this run folder (same env and teacher sections)",
+    )
+    p.add_argument(
         "--ray-address",
         default=None,
         metavar="ADDRESS",
@@ -378,7 +409,7 @@ def _sweep(args: argparse.Namespace) -> int:
             ) from None
         cfg = load_config(args.config)
         rows = sweep(cfg, args.out, args.trials, seeds, args.n_jobs, args.episodes,
-                     not args.no_progress, args.ray_address)  # fmt: skip
+                     not args.no_progress, args.ray_address, args.teacher)  # fmt: skip
     except (ConfigError, RunFolderError) as exc:
         print(f"liquid-control sweep: {exc}", file=sys.stderr)
         return 2
