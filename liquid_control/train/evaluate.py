@@ -168,26 +168,46 @@ def plot_all(
 
     out = run_dir / "evaluate"
     # learning curves: teacher (EvalCallback) and DAgger rounds (closed-loop return of each student)
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     curve = learning_curve(run_dir / "teacher")
     if curve is not None:
-        axes[0].plot(*curve, marker=".")
+        axes[0].plot(*curve, marker=".", label="evaluation")
+        kept = _kept_teacher_step(run_dir / "teacher", curve)
+        if kept is not None:
+            axes[0].plot(*kept[:2], marker="*", markersize=14, linestyle="none", color="tab:red",
+                         label=f"kept ({kept[2]})")  # fmt: skip
+        axes[0].legend(fontsize=8)
     axes[0].set(
         title=f"{cfg.name}: teacher ({cfg.teacher.algo})", xlabel="env steps", ylabel="eval return"
     )
+    axes[0].xaxis.set_major_locator(MaxNLocator(5))  # (long step counts do not overlap)
+    axes[0].ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
+    teacher_level = next((r["mean_return"] for r in rows
+                          if r["agent"] == "teacher" and r["case"] == "nominal"), None)  # fmt: skip
+    if teacher_level is not None:
+        axes[1].axhline(teacher_level, color="gray", linestyle="--",
+                        label=f"teacher {teacher_level:.1f}")  # fmt: skip
     history_path = run_dir / "distill" / "history.json"
     if history_path.exists():
         history = read_json(history_path)
+        done = run_dir / "distill" / "done.json"
+        best = read_json(done).get("best", {}) if done.exists() else {}
         for key in ("ltc", "lstm"):
             if f"{key}_return" in history[0]:
-                axes[1].plot(
+                (line,) = axes[1].plot(
                     [h["iteration"] for h in history],
                     [h[f"{key}_return"] for h in history],
                     marker="o",
                     label=f"{key.upper()}-{cfg.student.units}",
                 )
-        axes[1].legend()
-    axes[1].set(title="DAgger rounds", xlabel="round", ylabel="closed-loop return")
+                if key in best:  # the round whose student was kept
+                    axes[1].plot(best[key]["iteration"], best[key]["return"], marker="*",
+                                 markersize=14, color=line.get_color(), linestyle="none")  # fmt: skip
+    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[1].legend(fontsize=8)
+    axes[1].set(title="DAgger rounds (star: kept)", xlabel="round", ylabel="closed-loop return")
     _save(fig, out / "learning_curves.png")
 
     # return under each perturbation
@@ -212,42 +232,84 @@ def plot_all(
     _save(fig, out / "perturbations.png")
 
     plot_activity(
-        trace, policy, out / "ltc_activity.png", title=f"{cfg.name}: LTC-{policy.wiring.units}"
+        trace,
+        policy,
+        out / "ltc_activity.png",
+        title=f"{cfg.name}: LTC-{policy.wiring.units}, nominal episode seed {EVAL_SEED}",
     )
+
+
+def _kept_teacher_step(teacher_dir: Path, curve) -> tuple[float, float, str] | None:
+    """(step, return, which) of the teacher kept, from teacher/done.json."""
+    done = teacher_dir / "done.json"
+    if not done.exists() or len(curve[0]) == 0:
+        return None
+    record = read_json(done)
+    steps, returns = np.asarray(curve[0]), np.asarray(curve[1])
+    if record.get("kept") == "best" and record.get("best_timesteps") is not None:
+        i = int(np.argmin(np.abs(steps - record["best_timesteps"])))
+        return float(steps[i]), float(returns[i]), "best evaluation"
+    return float(steps[-1]), float(returns[-1]), "final"
 
 
 def plot_activity(
     trace: dict[str, np.ndarray], policy: Policy, path: Path, title: str = "", max_steps: int = 300
 ) -> None:
-    """Actions and every neuron's potential over (the first `max_steps` steps of) an episode."""
+    """Observations, actions and every neuron's potential over (the first `max_steps` steps of)
+    an episode; neurons grouped by layer (motor, command, inter), in the wiring's order."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     trace = {k: v[:max_steps] for k, v in trace.items()}  # a readable stretch of a long episode
     t = np.cumsum(trace["dt"]) - trace["dt"][0]
     state = trace["state"]
     motor = policy.wiring.output_dim
-    fig, axes = plt.subplots(
-        3, 1, figsize=(9, 7), sharex=True, gridspec_kw={"height_ratios": [1, 1, 2]}
-    )
+    has_obs = "obs" in trace and len(trace["obs"]) == len(t)
+    rows = 4 if has_obs else 3
+    ratios = [1, 1, 1, 2] if has_obs else [1, 1, 2]
+    fig, axes = plt.subplots(rows, 1, figsize=(9, 2.2 * rows + 1), sharex=True,
+                             gridspec_kw={"height_ratios": ratios})  # fmt: skip
+    axes[0].set_title(title + (f" (first {len(t)} steps)" if len(t) == max_steps else ""))
+    k = 0
+    if has_obs:  # in the spec's normalised units, so channels of any scale share an axis
+        obs = policy.spec.normalize(np.asarray(trace["obs"], np.float64))
+        for j in range(obs.shape[1]):
+            names = [o.name for o in policy.spec.observations]
+            axes[0].plot(t, obs[:, j], lw=1, label=names[j] if j < len(names) else f"obs {j}")
+        axes[0].set(ylabel="observation (norm.)")
+        if obs.shape[1] <= 12:
+            axes[0].legend(fontsize=6, loc="upper right", ncol=2)
+        k = 1
     for j in range(trace["action"].shape[1]):
-        axes[0].plot(t, trace["action"][:, j], label=policy.spec.actions[j].name)
-    axes[0].set(ylabel="action", title=title)
-    axes[0].legend(fontsize=7, loc="upper right")
+        axes[k].plot(t, trace["action"][:, j], label=policy.spec.actions[j].name)
+    axes[k].set(ylabel="action")
+    axes[k].legend(fontsize=7, loc="upper right")
     for j in range(motor):
-        axes[1].plot(t, state[:, j], lw=1)
-    axes[1].set(ylabel="motor neurons v")
-    im = axes[2].imshow(
+        axes[k + 1].plot(t, state[:, j], lw=1)
+    axes[k + 1].set(ylabel="motor neurons v")
+    ax = axes[k + 2]
+    im = ax.imshow(
         state.T,
         aspect="auto",
         origin="lower",
         cmap="coolwarm",
         extent=(t[0], t[-1] if len(t) > 1 else 1.0, -0.5, state.shape[1] - 0.5),
     )
-    axes[2].set(ylabel="neuron", xlabel="time (s)")
-    fig.colorbar(im, ax=axes[2], label="potential")
+    layers = list(getattr(policy.wiring, "layers", ()) or ())
+    if len(layers) == state.shape[1]:  # a band and a name per layer
+        start = 0
+        for i in range(1, len(layers) + 1):
+            if i == len(layers) or layers[i] != layers[start]:
+                ax.text(t[0], (start + i - 1) / 2, f" {layers[start]}", va="center", fontsize=7)
+                if i < len(layers):
+                    ax.axhline(i - 0.5, color="black", lw=0.8)
+                start = i
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(ylabel="neuron", xlabel="time (s)")
+    fig.colorbar(im, ax=ax, label="potential")
     _save(fig, path)
 
 
