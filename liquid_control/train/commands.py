@@ -152,7 +152,7 @@ def _eval(args: argparse.Namespace) -> int:
     from ..core.policy import Policy
     from ..core.policy_file import PolicyFileError
     from .config import EnvConfig
-    from .envs import make_env
+    from .envs import make_env_checked
     from .evaluate import PolicyAgent, run_episodes
 
     try:
@@ -165,7 +165,7 @@ def _eval(args: argparse.Namespace) -> int:
         perturb = parse_perturbations(args.perturb)
         policy = Policy.load(args.policy)
         env_cfg = EnvConfig(id=args.env, max_episode_steps=args.max_episode_steps)
-        env = _env_or_error(make_env, env_cfg)
+        env = make_env_checked(env_cfg, f"--env {args.env}: cannot make this gymnasium env")
         have = (env.observation_space.shape, env.action_space.shape)
         env.close()
         want = ((policy.spec.obs_dim,), (policy.spec.action_dim,))
@@ -189,17 +189,6 @@ def _eval(args: argparse.Namespace) -> int:
         f"+- {np.std(returns):.2f} over {len(returns)} episodes (min {np.min(returns):.2f}, max {np.max(returns):.2f})"
     )
     return 0
-
-
-def _env_or_error(make_env, env_cfg):
-    """The env, or a one-line ValueError for an id gymnasium does not know."""
-    import gymnasium as gym
-
-    try:
-        return make_env(env_cfg, seed=0, randomize=False)
-    except (gym.error.Error, ImportError) as exc:  # (NameNotFound, ..., a package it needs)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"--env {env_cfg.id}: cannot make this gymnasium env ({first})") from None
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -207,6 +207,18 @@ def _episode_kwargs(env_cfg: Any) -> dict:
     return kwargs
 
 
+def make_env_checked(env_cfg: Any, message: str, seed: int | None = 0) -> gym.Env:
+    """`make_env` (nominal), or a one-line ConfigError, `message` and gymnasium's reason, for an
+    id gymnasium cannot make (unknown, or missing a package it needs)."""
+    from .config import ConfigError
+
+    try:
+        return make_env(env_cfg, seed=seed, randomize=False)
+    except (gym.error.Error, ImportError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"{message} ({first})") from None
+
+
 def make_env(
     env_cfg: Any,
     seed: int | None = None,

@@ -80,22 +80,17 @@ def preflight(
     Returns the env's (observation, action) sizes."""
     import inspect
 
-    import gymnasium as gym
     import numpy as np
 
     from ..core.wiring import AutoNCP, WiringError
-    from .envs import make_env
+    from .envs import make_env_checked
     from .teacher import _algo
 
     if resume and not (out / "config.json").exists():
         raise RunFolderError(
             f"--resume: {out} holds no run (no config.json); drop --resume to start one"
         )
-    try:
-        env = make_env(cfg.env, seed=cfg.seed, randomize=False)
-    except (gym.error.Error, ImportError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"env.id: cannot make {cfg.env.id!r} ({first})") from None
+    env = make_env_checked(cfg.env, f"env.id: cannot make {cfg.env.id!r}", seed=cfg.seed)
     try:
         shape, obs_shape = env.action_space.shape, env.observation_space.shape
     finally:

@@ -264,7 +264,7 @@ def _sweep_on_ray(
         teacher = {f.name: f.read_bytes() for f in (out / "base" / "teacher").iterdir()
                    if f.is_file() and f.name in ("model.zip", "obs_norm.json", "done.json")}  # fmt: skip
         trainable = tune.with_parameters(
-            _ray_trial_entry, cfg_dict={k: v for k, v in cfg.to_dict().items() if k != "source"},
+            _ray_trial, cfg_dict={k: v for k, v in cfg.to_dict().items() if k != "source"},
             teacher=teacher, seeds=seeds, episodes=episodes,
         )  # fmt: skip
         trainable = tune.with_resources(trainable, {"cpu": 1})
@@ -300,10 +300,6 @@ def _sweep_on_ray(
         rows.append({**_row(number, params, res.metrics["result"]), "host": res.metrics.get("host"),
                      "policy": str(folder / "best.lcp")})  # fmt: skip
     return report(rows, out)
-
-
-def _ray_trial_entry(config: dict, cfg_dict: dict, teacher: dict, seeds: list, episodes: int):
-    _ray_trial(config, cfg_dict, teacher, seeds, episodes)
 
 
 def report(rows: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
