@@ -10,6 +10,8 @@ STAMP_JAZZY := $(VENV_JAZZY)/.installed
 # torch 2.13.0 installs as a CPU build on these machines (an unpinned torch pulls a CUDA build).
 TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?=
+# `make demo ROBOT=cartpole`: any robot of the robot registry (liquid_control/robots.py)
+ROBOT ?= rover
 
 .PHONY: venv venv-jazzy native native-jazzy test test-fallback test-kilted test-jazzy test-fast bench demo train-demo lint format clean
 
@@ -62,7 +64,7 @@ bench: venv native
 	$(PY) benchmarks/ros_loop.py
 
 demo: venv native
-	$(PY) -m liquid_control.cli demo
+	$(PY) -m liquid_control.cli demo --robot $(ROBOT)
 
 train-demo: venv
 	$(PY) -m liquid_control.cli train config/train/cartpole_tiny.yaml --out runs/train-demo --resume

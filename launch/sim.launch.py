@@ -5,7 +5,9 @@
     ros2 launch liquid_control sim.launch.py robot:=rover policy_path:=... namespace:=robot1
     ros2 launch liquid_control sim.launch.py --show-args
 
-The sim node publishes /clock; the policy node runs with use_sim_time, so its loop and staleness
+The robots are the robot registry's (`liquid_control.robots`: the built-in ones and any a package
+or LIQUID_CONTROL_ROBOTS adds); the sim node takes its defaults from the robot's entry. The sim
+node publishes /clock; the policy node runs with use_sim_time, so its loop and staleness
 checks follow the simulation, at any real_time_factor. The policy file's robot must be the
 simulated one (checked here, before anything starts). In simulation nobody stands next to the
 robot, so the policy node does not wait for an estop message (`estop_required_at_start` false,
@@ -19,7 +21,11 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-ROBOTS = ("cartpole", "rover")
+
+def _robots() -> list[str]:
+    from liquid_control.robots import robots
+
+    return sorted(robots())
 
 
 def _share_file(*parts: str) -> str:
@@ -50,15 +56,15 @@ def _policy_robot(policy_path: str) -> str:
 def _nodes(context, *args, **kwargs):
     value = {k: LaunchConfiguration(k).perform(context) for k in ARGUMENTS}
     robot = value["robot"]
-    if robot not in ROBOTS:
-        raise RuntimeError(f"launch argument robot: expected one of {ROBOTS}, got {robot!r}")
+    if robot not in _robots():
+        raise RuntimeError(f"launch argument robot: expected one of {_robots()}, got {robot!r}")
     policy_robot = _policy_robot(value["policy_path"])
     if policy_robot != robot:
         raise RuntimeError(
             f"launch argument policy_path: {value['policy_path']} was made for robot "
             f"{policy_robot!r}, but robot:={robot}; expected a policy for {robot!r}"
         )
-    sim_params_file = value["sim_params_file"] or _share_file("config", f"sim_node_{robot}.yaml")
+    sim_files = [value["sim_params_file"]] if value["sim_params_file"] else []
     log_args = ["--ros-args", "--log-level", value["log_level"]]
     sim = Node(
         package="liquid_control",
@@ -68,7 +74,7 @@ def _nodes(context, *args, **kwargs):
         output="screen",
         arguments=log_args,
         parameters=[
-            sim_params_file,
+            *sim_files,
             {
                 "robot": robot,
                 "real_time_factor": float(value["real_time_factor"]),
@@ -96,7 +102,7 @@ def _nodes(context, *args, **kwargs):
 
 
 ARGUMENTS = {
-    "robot": ("cartpole", f"simulated robot: {' | '.join(ROBOTS)}"),
+    "robot": ("cartpole", f"simulated robot: {' | '.join(_robots())}"),
     "policy_path": (None, "policy file (.lcp) for that robot (its spec's robot must match)"),
     "namespace": ("", "namespace of both nodes and of the robot's topics (multi-robot)"),
     "params_file": (
@@ -105,7 +111,8 @@ ARGUMENTS = {
     ),
     "sim_params_file": (
         "",
-        "ROS parameter file of the sim node; empty = config/sim_node_<robot>.yaml",
+        "ROS parameter file of the sim node (config/sim_node.yaml lists every parameter); "
+        "empty = the robot's defaults from the robot registry",
     ),
     "real_time_factor": ("1.0", "sim seconds per wall second (0 = as fast as possible)"),
     "seed": ("0", "seed of the first episode (each reset takes the next one)"),

@@ -33,22 +33,35 @@ from typing import Any
 import numpy as np
 
 from .core.policy import Policy
+from .robots import get_robot, resolve, robots
 
 REPO = Path(__file__).resolve().parents[1]
-ROBOTS = {"rover": "rover_ltc19.lcp", "cartpole": "cartpole_ltc19.lcp"}
+# Keys of the sim node's episode figures that every robot has (the robot's own figures follow).
+_EPISODE_KEYS = ("episode", "seed", "steps", "return", "reason", "sim_time_s")
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo", help="run a shipped policy on the simulated robot over ROS 2 (sim + policy node)"
     )
-    p.add_argument("--robot", choices=sorted(ROBOTS), default="rover")
     p.add_argument(
-        "--policy", default=None, help="policy file (default: policies/<robot>_ltc19.lcp)"
+        "--robot", choices=sorted(robots()), default="rover", help="a robot of the robot registry"
     )
-    p.add_argument("--duration", type=float, default=20.0, help="sim seconds to run (default 20)")
+    p.add_argument(
+        "--policy", default=None, help="policy file (default: the robot's shipped policy)"
+    )
+    p.add_argument(
+        "--duration", type=float, default=None, help="sim seconds to run (default: the robot's)"
+    )
     p.add_argument("--seed", type=int, default=0, help="episode seed of the sim node")
     p.add_argument("--track-seed", type=int, default=3, help="rover: the track to drive")
+    p.add_argument(
+        "--sim-param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a sim node parameter (repeatable), e.g. command_noise_std=0.1",
+    )
     p.add_argument(
         "--out", default="runs/demo", help="folder for the PNG, the summary and node logs"
     )
@@ -199,7 +212,13 @@ def _wait(cond, timeout_s: float, what: str, nodes: list[NodeProcess]) -> None:
 
 
 def run_demo(
-    robot: str, policy_path: Path, duration_s: float, seed: int, track_seed: int, out: Path
+    robot: str,
+    policy_path: Path,
+    duration_s: float,
+    seed: int,
+    track_seed: int,
+    out: Path,
+    sim_overrides: dict[str, Any] | None = None,
 ) -> dict:
     os.environ.setdefault("ROS_DOMAIN_ID", str(50 + os.getpid() % 50))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -215,8 +234,9 @@ def run_demo(
         "auto_reset": False,
         "max_episode_steps": steps,
     }
-    if robot == "rover":
+    if any(p.name == "track_seed" for p in get_robot(robot).sim_parameters):
         sim_params["track_seed"] = track_seed
+    sim_params.update(sim_overrides or {})
     watcher = Watcher(policy)
     nodes = [
         NodeProcess("liquid_control.ros.sim_node", sim_params, out / "sim_node.log"),
@@ -285,7 +305,7 @@ def run_demo(
     summary["replay_max_action_diff"] = replay["max_diff"]
     summary["replay_compared_ticks"] = replay["compared_rows"]
     summary["debug_rows_lost"] = replay["lost_rows"]
-    plot_demo(robot, policy, debug, truth, replay, episode, out / f"demo_{robot}.png", track_seed)
+    plot_demo(robot, policy, debug, truth, replay, episode, out / f"demo_{robot}.png", sim_params)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -326,10 +346,8 @@ def summarize(
         "sensor_to_command_latency_ms_p95": float(1e3 * np.nanpercentile(latency, 95)),
         "policy_ticks": len(debug),
     }
-    if "lane_error_rms_m" in episode:
-        out["lane_error_rms_m"] = episode["lane_error_rms_m"]
-        out["progress_m"] = episode.get("progress_m")
-        out["collisions"] = episode.get("collisions")
+    # the robot's own episode figures (the rover's lane error, progress and collisions, ...)
+    out["figures"] = {k: v for k, v in episode.items() if k not in _EPISODE_KEYS}
     return out
 
 
@@ -394,7 +412,7 @@ def plot_demo(
     replay: dict,
     episode: dict,
     path: Path,
-    track_seed: int,
+    sim_params: dict[str, Any],
 ) -> None:
     import matplotlib
 
@@ -402,53 +420,13 @@ def plot_demo(
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    ax = axes[0]
-    if robot == "rover":
-        from .envs.rover import RoverLaneEnv
-        from .envs.track import wall_segments
-
-        env = RoverLaneEnv(track_seed=track_seed)
-        for a, b in wall_segments(env.track):
-            ax.plot([a[0], b[0]], [a[1], b[1]], color="0.3", lw=1)
-        ax.plot(
-            env.track.points[:, 0],
-            env.track.points[:, 1],
-            "--",
-            color="0.7",
-            lw=0.8,
-            label="lane centre",
-        )
-        env.close()
-        if truth:
-            xy = np.array([p for _, p in truth])
-            ax.plot(
-                xy[:, 0],
-                xy[:, 1],
-                color="tab:blue",
-                lw=2,
-                label="rover (ground truth from the sim node)",
-            )
-        ax.set(
-            aspect="equal",
-            xlabel="x (m)",
-            ylabel="y (m)",
-            title=f"track {track_seed}: return {episode.get('return', float('nan')):.1f}, "
-            f"lane error {episode.get('lane_error_rms_m', float('nan')):.3f} m rms",
-        )
-        ax.legend(fontsize=7)
+    panel = get_robot(robot).demo_panel
+    if (
+        panel is not None
+    ):  # the robot's own picture of the episode (the rover: its path on the track)
+        resolve(panel)(axes[0], policy, replay, truth, episode, sim_params)
     else:
-        names = [o.name for o in policy.spec.observations]
-        obs = replay["obs"]
-        if "cart_position" in names:
-            ax.plot(replay["t"], obs[:, names.index("cart_position")], label="cart position (m)")
-        if "pole_sin" in names and "pole_cos" in names:
-            angle = np.arctan2(obs[:, names.index("pole_sin")], obs[:, names.index("pole_cos")])
-            ax.plot(replay["t"], angle, label="pole angle (rad, 0 = upright)")
-        ax.set(
-            xlabel="sim time (s)",
-            title=f"cart-pole: return {episode.get('return', float('nan')):.1f}",
-        )
-        ax.legend(fontsize=7)
+        observations_panel(axes[0], policy, replay, episode)
     for j, a in enumerate(policy.spec.actions):
         axes[1].plot(replay["t"], replay["action"][:, j], label=f"{a.name} ({a.unit})")
     axes[1].set(xlabel="sim time (s)", title="commands published by the policy node")
@@ -474,14 +452,59 @@ def plot_demo(
     plt.close(fig)
 
 
+def observations_panel(ax, policy: Policy, replay: dict, episode: dict) -> None:
+    """A robot without a panel of its own: its first observations (normalised) over the episode."""
+    obs = replay["obs"]
+    spec = policy.spec
+    for i, e in enumerate(spec.observations[:8]):
+        if len(obs):
+            ax.plot(replay["t"], (obs[:, i] - e.mean) / e.std, lw=1, label=e.name)
+    ax.set(
+        xlabel="sim time (s)",
+        ylabel="observation (normalised)",
+        title=f"{spec.robot}: return {episode.get('return', float('nan')):.1f}",
+    )
+    ax.legend(fontsize=6)
+
+
+def parse_sim_params(items: list[str]) -> dict[str, Any]:
+    """NAME=VALUE pairs, the value read as YAML (numbers, booleans, strings); ValueError if not."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--sim-param: expected NAME=VALUE, got {item!r}")
+        out[name] = yaml.safe_load(value)
+    return out
+
+
 def _run(args: argparse.Namespace) -> int:
-    policy_path = Path(args.policy) if args.policy else REPO / "policies" / ROBOTS[args.robot]
+    robot = get_robot(args.robot)
+    if args.policy:
+        policy_path = Path(args.policy)
+    elif robot.policy:
+        policy_path = REPO / "policies" / robot.policy
+    else:
+        print(
+            f"liquid-control demo: robot {robot.name!r} ships no policy; give one with --policy",
+            file=sys.stderr,
+        )
+        return 2
     if not policy_path.exists():
         print(f"liquid-control demo: no policy file at {policy_path}", file=sys.stderr)
         return 2
     try:
+        overrides = parse_sim_params(args.sim_param)
+        robot.check_available()
+    except ValueError as exc:
+        print(f"liquid-control demo: {exc}", file=sys.stderr)
+        return 2
+    duration = robot.demo_seconds if args.duration is None else args.duration
+    try:
         summary = run_demo(
-            args.robot, policy_path, args.duration, args.seed, args.track_seed, Path(args.out)
+            args.robot, policy_path, duration, args.seed, args.track_seed, Path(args.out), overrides
         )
     except RuntimeError as exc:
         print(f"liquid-control demo: {exc}", file=sys.stderr)
@@ -499,11 +522,9 @@ def format_summary(s: dict) -> str:
         f"episode return        {s['episode_return']:.2f} over {s['episode_steps']} steps "
         f"({s['sim_time_s']:.1f} s sim time, {s['wall_time_s']:.1f} s wall), ended by {s['episode_end']}",
     ]
-    if "lane_error_rms_m" in s:
-        lines.append(
-            f"lane error            {s['lane_error_rms_m']:.3f} m rms, progress {s['progress_m']:.1f} m, "
-            f"collisions {s['collisions']}"
-        )
+    for name, value in s.get("figures", {}).items():
+        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+        lines.append(f"{name:<22}{shown}")
     lines += [
         f"control rate          {s['control_rate_hz_sim_time']:.2f} Hz sim time, {s['control_rate_hz_wall']:.2f} Hz "
         f"wall (nominal {s['control_rate_hz_nominal']:g} Hz)",

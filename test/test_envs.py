@@ -12,11 +12,11 @@ from gymnasium.utils.env_checker import check_env
 
 import liquid_control.envs  # noqa: F401  (registers the ids)
 from liquid_control.core.adapters import fields_to_message, message_from_fields, observe
-from liquid_control.envs import ENV_IDS, robot_spec
+from liquid_control.envs import env_ids, robot_spec
 from liquid_control.envs.cartpole import CartPoleSwingUpEnv
 from liquid_control.envs.rover import RoverLaneEnv, twist_to_wheels
 
-IDS = [ENV_IDS["cartpole"], ENV_IDS["rover"]]
+IDS = [env_ids()["cartpole"], env_ids()["rover"]]
 
 
 @pytest.mark.parametrize("env_id", IDS)
@@ -110,7 +110,7 @@ def test_cartpole_starts_hanging_and_reward_favours_upright():
 
 
 def test_cartpole_terminates_at_the_end_stop():
-    env = gym.make(ENV_IDS["cartpole"])
+    env = gym.make(env_ids()["cartpole"])
     env.reset(seed=0)
     for step in range(200):  # noqa: B007 (reported below)
         _, _, terminated, truncated, info = env.step(np.array([10.0]))

@@ -153,6 +153,15 @@ def spec_safe_action(spec: InterfaceSpec) -> np.ndarray:
     return vec
 
 
+def robot_safe_action(spec: InterfaceSpec) -> np.ndarray:
+    """The command a robot gets when nothing better is known: the spec's `safe_action` if it has
+    one (a standing pose), else 0 clipped into the limits. The one definition that the sim node
+    (no command), the latency wrappers (before the first command) and the loop's `spec` mode use."""
+    if "safe_action" in spec.extra:
+        return spec_safe_action(spec)
+    return np.clip(np.zeros(spec.action_dim), spec.action_low, spec.action_high)
+
+
 def safe_action(mode: str, space: ActionSpace, last: np.ndarray | None) -> np.ndarray:
     """The safe action of `mode` (zero, hold, spec) after the last published command `last`."""
     if mode == "spec" and space.spec_safe is not None:

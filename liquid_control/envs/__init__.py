@@ -1,14 +1,15 @@
 """Gymnasium envs over MuJoCo robot models, and the sim-to-real wrappers.
 
-Importing this package registers the env ids:
+Importing this package registers the gymnasium id of every robot in the robot registry
+(`liquid_control.robots`), for example:
 
     LiquidControl/CartPoleSwingUp-v0   cart-pole swing-up and balance (joint space), 50 Hz, 500 steps
     LiquidControl/CartPoleBalance-v0   the same robot started upright, 50 Hz, 500 steps
     LiquidControl/RoverLane-v0         differential-drive rover on a walled lane, 20 Hz, 800 steps
 
-Each robot module (`cartpole`, `rover`) has `spec()`, the interface spec the env, the sim node,
-the policy node and the policy file share. `make_env(env_id, wrappers_config)` builds an env with
-the sim-to-real wrappers of a config (see `wrappers`).
+Each robot's interface spec (`robot_spec(name)`) is the object the env, the sim node, the policy
+node and the policy file share. `make_env(env_id, wrappers_config)` builds an env with the
+sim-to-real wrappers of a config (see `wrappers`).
 """
 
 from __future__ import annotations
@@ -21,43 +22,37 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import gymnasium as gym
 
 from liquid_control.core.spec import InterfaceSpec
-
-ENV_IDS = {
-    "cartpole": "LiquidControl/CartPoleSwingUp-v0",
-    "cartpole_balance": "LiquidControl/CartPoleBalance-v0",
-    "rover": "LiquidControl/RoverLane-v0",
-}
+from liquid_control.robots import Robot, get_robot, on_register, robots
 
 
-def _register() -> None:
-    def register(env_id: str, entry_point: str, steps: int, kwargs: dict | None = None) -> None:
+def _register(robot: Robot) -> None:
+    """Register the robot's gymnasium ids (its main task and the others)."""
+    entries = [(robot.env_id, {}, robot.max_episode_steps)]
+    entries += [
+        (t.env_id, dict(t.kwargs), t.max_episode_steps or robot.max_episode_steps)
+        for t in robot.tasks.values()
+    ]
+    for env_id, kwargs, steps in entries:
         if env_id not in gym.registry:
             gym.register(
-                env_id, entry_point=entry_point, max_episode_steps=steps, kwargs=kwargs or {}
+                env_id, entry_point=robot.entry_point, max_episode_steps=steps, kwargs=kwargs
             )
 
-    register(ENV_IDS["cartpole"], "liquid_control.envs.cartpole:CartPoleSwingUpEnv", 500)
-    register(
-        ENV_IDS["cartpole_balance"],
-        "liquid_control.envs.cartpole:CartPoleSwingUpEnv",
-        500,
-        {"start": "up"},
-    )
-    register(ENV_IDS["rover"], "liquid_control.envs.rover:RoverLaneEnv", 800)
+
+on_register(_register)
 
 
-_register()
+def env_ids() -> dict[str, str]:
+    """{short name: gymnasium id} of every registered robot's tasks."""
+    out: dict[str, str] = {}
+    for robot in robots().values():
+        out.update(robot.env_ids())
+    return out
 
 
 def robot_spec(robot: str) -> InterfaceSpec:
-    """Interface spec of a robot by name: "cartpole" or "rover"."""
-    if robot == "cartpole":
-        from .cartpole import spec
-    elif robot == "rover":
-        from .rover import spec
-    else:
-        raise ValueError(f"robot: expected 'cartpole' or 'rover', got {robot!r}")
-    return spec()
+    """Interface spec of a registered robot by name (RobotError for an unknown name)."""
+    return get_robot(robot).interface_spec()
 
 
 def make_env(env_id: str, wrappers_config: dict | None = None, **env_kwargs) -> gym.Env:
@@ -67,4 +62,4 @@ def make_env(env_id: str, wrappers_config: dict | None = None, **env_kwargs) -> 
     return _make(env_id, wrappers_config, **env_kwargs)
 
 
-__all__ = ["ENV_IDS", "make_env", "robot_spec"]
+__all__ = ["env_ids", "make_env", "robot_spec"]

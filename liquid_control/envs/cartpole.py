@@ -166,3 +166,16 @@ class CartPoleSwingUpEnv(MujocoRobotEnv):
         mujoco.mj_forward(m, d)
         m.opt.enableflags = flags
         return float(d.energy[0] + d.energy[1])
+
+
+def demo_panel(ax, policy, replay: dict, truth: list, episode: dict, sim_params: dict) -> None:
+    """The demo's picture of a cart-pole episode: cart position and pole angle over time."""
+    names = [o.name for o in policy.spec.observations]
+    obs = replay["obs"]
+    ax.plot(replay["t"], obs[:, names.index("cart_position")], label="cart position (m)")
+    angle = np.arctan2(obs[:, names.index("pole_sin")], obs[:, names.index("pole_cos")])
+    ax.plot(replay["t"], angle, label="pole angle (rad, 0 = upright)")
+    ax.set(
+        xlabel="sim time (s)", title=f"cart-pole: return {episode.get('return', float('nan')):.1f}"
+    )
+    ax.legend(fontsize=7)

@@ -343,3 +343,35 @@ class RoverLaneEnv(MujocoRobotEnv):
             "track_seed": self.track_seed,
         }
         return reward, collision or finished, info
+
+
+def demo_panel(ax, policy, replay: dict, truth: list, episode: dict, sim_params: dict) -> None:
+    """The demo's picture of a rover episode: the walls, the lane centre and the ground-truth path."""
+    from .track import wall_segments
+
+    track_seed = int(sim_params.get("track_seed", episode.get("track_seed", 0)))
+    env = RoverLaneEnv(track_seed=track_seed)
+    for a, b in wall_segments(env.track):
+        ax.plot([a[0], b[0]], [a[1], b[1]], color="0.3", lw=1)
+    ax.plot(
+        env.track.points[:, 0], env.track.points[:, 1], "--", color="0.7", lw=0.8,
+        label="lane centre",
+    )  # fmt: skip
+    env.close()
+    if truth:
+        xy = np.array([p for _, p in truth])
+        ax.plot(
+            xy[:, 0],
+            xy[:, 1],
+            color="tab:blue",
+            lw=2,
+            label="rover (ground truth from the sim node)",
+        )
+    ax.set(
+        aspect="equal",
+        xlabel="x (m)",
+        ylabel="y (m)",
+        title=f"track {track_seed}: return {episode.get('return', float('nan')):.1f}, "
+        f"lane error {episode.get('lane_error_rms_m', float('nan')):.3f} m rms",
+    )
+    ax.legend(fontsize=7)

@@ -5,8 +5,13 @@ as possible), publishes /clock so the graph can run on sim time, publishes the s
 at their rates (`spec.extra["sensor_rates_hz"]`, stamped with sim time), and applies the commands it
 receives with the env's own `apply_command` (same clipping, same wheel kinematics), optionally
 delayed (`command_latency_s`) and noisy (`command_noise_std`). It never blocks on a missing command:
-it holds the last one, or the safe (zero) command once `command_timeout_s` of sim time passed
-without one, and says so on ~/command_status and in the log.
+it holds the last one, or the robot's safe command (the spec's `safe_action`, else zero) once
+`command_timeout_s` of sim time passed without one, and says so on ~/command_status and in the log.
+
+The robot comes from the robot registry (`liquid_control.robots`, parameter `robot`): its env
+class, its defaults for these parameters, its own parameters (the rover's `track_seed`), the inputs
+an operator publishes (a velocity command: subscribed here and handed to the env, not published)
+and the figures of an episode.
 
 Lock-step mode (`lockstep: true`, for tests): at every control tick it publishes the sensors, then
 /clock, then waits (up to `lockstep_timeout_s` of wall time) for one new message on every command
@@ -43,13 +48,12 @@ from rosgraph_msgs.msg import Clock
 from std_msgs.msg import String
 from std_srvs.srv import SetBool, Trigger
 
+import liquid_control.envs  # noqa: F401  (registers the robots' gymnasium ids)
 from liquid_control.core.adapters import CommandReader, MessageRejected, fields_to_message
+from liquid_control.core.safety import robot_safe_action
 from liquid_control.core.spec import ActionElement, InterfaceSpec
-from liquid_control.envs import ENV_IDS
-from liquid_control.ros.messages import COMMAND_QOS, message_class
-
-# Robot name -> gymnasium id: the sim node runs the registered env class (its episode limit too).
-ROBOTS = {"cartpole": ENV_IDS["cartpole"], "rover": ENV_IDS["rover"]}
+from liquid_control.robots import Robot, get_robot, reduce_figures, robots
+from liquid_control.ros.messages import COMMAND_QOS, SENSOR_QOS, message_class
 
 
 def _stamp(sim_time_s: float):
@@ -73,12 +77,15 @@ class SimNode(Node):
             raise ValueError(
                 f"parameter env_kwargs: expected a JSON object, got {p['env_kwargs']!r} ({exc})"
             ) from None
-        if p["robot"] == "rover" and p["track_seed"] >= 0:
-            env_kwargs["track_seed"] = p["track_seed"]
-        registered = gym.spec(ROBOTS[p["robot"]])
+        for extra in self.robot.sim_parameters:
+            if p[extra.name] != extra.unset:
+                env_kwargs[extra.name] = p[extra.name]
+        self.robot.check_available()
+        registered = gym.spec(self.robot.env_id)
         # The bare env class (no gymnasium wrappers): the node drives its physics directly.
         self.env = gym.make(registered, **env_kwargs).unwrapped
         self.max_episode_steps = p["max_episode_steps"] or registered.max_episode_steps
+        self._figure_keys = tuple({f.info_key for f in self.robot.episode_figures})
         self.spec: InterfaceSpec = self.env.interface_spec
         self.rtf = p["real_time_factor"]
         self.lockstep = p["lockstep"]
@@ -103,13 +110,24 @@ class SimNode(Node):
         # The spec's topics in the node's namespace, as the policy node resolves them
         # (relative_topics), so namespace:=robot1 runs a robot per namespace; /clock stays global.
         self._relative = bool(p["relative_topics"])
+        # Operator inputs (a velocity command) come from outside: subscribed and handed to the env.
+        operator = set(self.robot.operator_inputs)
         self.sensor_pubs = {
             topic: (
                 self.create_publisher(message_class(t), self._topic(topic), sensor_qos),
                 message_class(t),
             )
             for topic, t in self.spec.observation_topics().items()
+            if topic not in operator
         }
+        for topic, t in self.spec.observation_topics().items():
+            if topic in operator:
+                self.create_subscription(
+                    message_class(t),
+                    self._topic(topic),
+                    lambda m, tp=topic: self._on_operator_input(tp, m),
+                    SENSOR_QOS,
+                )
         rates = dict(self.spec.extra.get("sensor_rates_hz", {}))
         ts = float(self.env.model.opt.timestep)
         self.sensor_every: dict[str, int] = {}
@@ -145,9 +163,8 @@ class SimNode(Node):
         self._pending: dict[str, deque] = {t: deque() for t in self.command_elements}
         self._command_count = dict.fromkeys(self.command_elements, 0)
         self._active = dict.fromkeys(self.command_elements)  # topic -> (received_s, values)
-        self._safe = np.clip(
-            np.zeros(self.spec.action_dim), self.spec.action_low, self.spec.action_high
-        )
+        # What the robot's drivers do without a command (the spec's safe action, else zero).
+        self._safe = robot_safe_action(self.spec)
         for topic, t in self.spec.action_topics().items():
             self.create_subscription(
                 message_class(t),
@@ -164,7 +181,7 @@ class SimNode(Node):
         self._clock_offset_s = self.spec.control_period_s if self.lockstep else 0.0
         self._new_episode(self.seed)
         self.get_logger().info(
-            f"robot {p['robot']}: {len(self.sensor_pubs)} sensor topics, commands on "
+            f"robot {self.robot.name}: {len(self.sensor_pubs)} sensor topics, commands on "
             f"{list(self.command_elements)}, control {self.spec.control_rate_hz} Hz, "
             f"real_time_factor {self.rtf}, lockstep {self.lockstep}"
         )
@@ -180,15 +197,18 @@ class SimNode(Node):
                 integer_range=[ir] if ir else [],
             )
 
+        names = sorted(robots())
+        robot = self.declare_parameter(
+            "robot", "cartpole", d(f"robot model: {' | '.join(names)}", read_only=True)
+        ).value
+        try:
+            self.robot: Robot = get_robot(robot)
+        except ValueError as exc:
+            raise ValueError(f"parameter robot: {exc}") from None
         params = {
-            "robot": ("cartpole", d("robot model: cartpole | rover", read_only=True)),
             "seed": (
                 0,
                 d("seed of the first episode; each reset uses the next one", read_only=True),
-            ),
-            "track_seed": (
-                -1,
-                d("rover: fixed track seed; -1 = drawn from the episode seed", read_only=True),
             ),
             "env_kwargs": ("{}", d("JSON keyword arguments of the env class", read_only=True)),
             "real_time_factor": (
@@ -223,7 +243,7 @@ class SimNode(Node):
             "command_timeout_s": (
                 0.5,
                 d(
-                    "sim seconds without a command before the safe (zero) command",
+                    "sim seconds without a command before the safe command",
                     True,
                     FloatingPointRange(from_value=0.0, to_value=3600.0),
                 ),
@@ -263,13 +283,12 @@ class SimNode(Node):
                 ),
             ),
         }
-        out = {}
+        for extra in self.robot.sim_parameters:
+            params[extra.name] = (extra.default, d(f"{robot}: {extra.description}", True))
+        out = {"robot": robot}
         for name, (default, desc) in params.items():
+            default = self.robot.sim_defaults.get(name, default)
             out[name] = self.declare_parameter(name, default, desc).value
-        if out["robot"] not in ROBOTS:
-            raise ValueError(
-                f"parameter robot: expected one of {sorted(ROBOTS)}, got {out['robot']!r}"
-            )
         return out
 
     def _topic(self, name: str) -> str:
@@ -286,6 +305,13 @@ class SimNode(Node):
             self._pending[topic].append((float(self.env.data.time), values))
             self._command_count[topic] += 1
             self._command_arrived.notify_all()
+
+    def _on_operator_input(self, topic: str, msg: Any) -> None:
+        try:
+            with self._lock:
+                self.env.operator_input(topic, msg)
+        except (MessageRejected, ValueError) as exc:
+            self.get_logger().warning(f"operator input on {topic} rejected: {exc}")
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self._lock:
@@ -315,8 +341,7 @@ class SimNode(Node):
         self._steps = 0
         self._physics_steps = 0
         self._return = 0.0
-        self._lane_sq = 0.0
-        self._collisions = 0
+        self._infos: list[dict[str, Any]] = []
         self._episode_seed = int(seed)
         for t in self._pending:
             self._pending[t].clear()
@@ -329,13 +354,9 @@ class SimNode(Node):
             "steps": self._steps,
             "return": self._return,
             "reason": reason,
-            "collisions": self._collisions,
             "sim_time_s": self._sim_time(),
+            **reduce_figures(self.robot.episode_figures, self._infos),
         }
-        if "lane_error" in info:
-            figures["lane_error_rms_m"] = math.sqrt(self._lane_sq / max(self._steps, 1))
-            figures["progress_m"] = float(info.get("progress_m", 0.0))
-            figures["track_seed"] = int(info.get("track_seed", -1))
         self.episode_pub.publish(String(data=json.dumps(figures)))
         self.get_logger().info(f"episode {self._episode} ended ({reason}): {figures}")
         self._episode += 1
@@ -367,13 +388,13 @@ class SimNode(Node):
             active = self._active[topic]
             slots = [self.spec.actions.index(e) for e in elements]
             if active is None:
-                states.append(f"no command yet on {topic}: applying zero")
+                states.append(f"no command yet on {topic}: applying the safe command")
             elif (
                 now_s - active[0] > self.command_timeout_s + self.command_latency_s
                 and not self.lockstep
             ):
                 states.append(
-                    f"no command on {topic} for over {self.command_timeout_s} s: applying zero"
+                    f"no command on {topic} for over {self.command_timeout_s} s: applying the safe command"
                 )
             else:
                 action[slots] = active[1]
@@ -486,16 +507,14 @@ class SimNode(Node):
         reward, terminated, info = self.env.score(action, self.spec.control_period_s)
         self._steps += 1
         self._return += reward
-        self._lane_sq += float(info.get("lane_error", 0.0)) ** 2
-        self._collisions += int(bool(info.get("collision", False)))
+        keys = self._figure_keys
+        self._infos.append({k: info[k] for k in keys if k in info})
         truncated = self._steps >= self.max_episode_steps
         if not (terminated or truncated):
             return False
         reason = "time_limit"
         if terminated:
-            reason = next(
-                (k for k in ("collision", "finished", "end_stop") if info.get(k)), "terminated"
-            )
+            reason = next((k for k in self.robot.end_reasons if info.get(k)), "terminated")
         self._publish_episode(reason, info)
         if self.auto_reset:
             self._new_episode(self.seed + self._episode)
