@@ -167,14 +167,3 @@ def test_a_robot_added_in_one_entry_runs_through_the_sim_node_and_the_policy_nod
             policy.stop()
             sim.stop()
         assert "robot tiny_arm" in sim.log_path.read_text()
-
-
-@pytest.mark.ros
-def test_sim_node_names_the_registered_robots_for_an_unknown_one(tmp_path) -> None:
-    node = NodeProcess("liquid_control.ros.sim_node", overrides={"robot": "nope"}, log_dir=tmp_path)
-    try:
-        node.proc.wait(60)
-    finally:
-        node.stop()
-    log = node.log_path.read_text()
-    assert "parameter robot: robot: expected one of" in log and "'rover'" in log

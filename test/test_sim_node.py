@@ -116,7 +116,7 @@ class TestCartPoleNode:
         assert h.call("/sim_node/pause", "std_srvs/SetBool", _set_bool(False)).success
         h.wait_for(lambda: _sim_now(h) > paused_at + 0.2, 10, "sim time to run again", cartpole)
 
-    def test_commands_are_applied_with_noise_and_a_timeout_applies_zero_and_says_so(
+    def test_commands_are_applied_with_noise_and_a_timeout_applies_the_safe_command_and_says_so(
         self, cartpole, harness
     ):
         h = harness
@@ -139,7 +139,7 @@ class TestCartPoleNode:
         _wait_message(
             h,
             "/sim_node/command_status",
-            lambda m: "no command on" in m.data and "applying zero" in m.data,
+            lambda m: "no command on" in m.data and "applying the safe command" in m.data,
             cartpole,
         )
         time.sleep(0.1)

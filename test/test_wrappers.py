@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from liquid_control.envs import ENV_IDS
+from liquid_control.envs import env_ids
 from liquid_control.envs.wrappers import (
     ActionLatency,
     ControlJitter,
@@ -20,7 +20,7 @@ from liquid_control.envs.wrappers import (
     make_env,
 )
 
-CARTPOLE, ROVER = ENV_IDS["cartpole"], ENV_IDS["rover"]
+CARTPOLE, ROVER = env_ids()["cartpole"], env_ids()["rover"]
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "config")
 
 

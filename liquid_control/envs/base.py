@@ -51,6 +51,53 @@ def sim_dir() -> str:
         ) from exc
 
 
+def check_physics_scales(scales: dict[str, Any]) -> dict[str, Any]:
+    """`scales` checked: keys of PHYSICS_SCALES, positive finite factors (ValueError otherwise)."""
+    unknown = sorted(set(scales) - set(PHYSICS_SCALES))
+    if unknown:
+        raise ValueError(
+            f"physics scales: unknown keys {unknown}; expected some of {list(PHYSICS_SCALES)}"
+        )
+    for k, v in scales.items():
+        if not np.all(np.isfinite(v)) or np.any(np.asarray(v) <= 0):
+            raise ValueError(f"physics scales[{k!r}]: expected positive finite factors, got {v!r}")
+    return dict(scales)
+
+
+def nominal_physics(m: mujoco.MjModel) -> dict[str, np.ndarray]:
+    """Copies of the model values that `apply_physics_scales` scales."""
+    return {
+        "body_mass": m.body_mass.copy(),
+        "body_inertia": m.body_inertia.copy(),
+        "geom_friction": m.geom_friction.copy(),
+        "dof_damping": m.dof_damping.copy(),
+        "dof_frictionloss": m.dof_frictionloss.copy(),
+        "actuator_gainprm": m.actuator_gainprm.copy(),
+        "actuator_biasprm": m.actuator_biasprm.copy(),
+    }
+
+
+def apply_physics_scales(
+    m: mujoco.MjModel, data: mujoco.MjData, nominal: dict[str, np.ndarray], s: dict[str, Any]
+) -> None:
+    """Set the model's masses (and inertias), sliding friction, damping (and friction loss) and
+    actuator gains to `nominal` x the factors of `s` (one factor, or one per body / geom / dof /
+    actuator; a missing key is 1). Any MuJoCo model: ours and gymnasium's."""
+    mass = np.asarray(s.get("mass", 1.0), np.float64)
+    m.body_mass[:] = nominal["body_mass"] * np.broadcast_to(mass, m.body_mass.shape)
+    m.body_inertia[:] = nominal["body_inertia"] * np.broadcast_to(mass, m.body_mass.shape)[:, None]
+    friction = np.asarray(s.get("friction", 1.0), np.float64)
+    m.geom_friction[:, 0] = nominal["geom_friction"][:, 0] * np.broadcast_to(friction, (m.ngeom,))
+    damping = np.broadcast_to(np.asarray(s.get("damping", 1.0), np.float64), (m.nv,))
+    m.dof_damping[:] = nominal["dof_damping"] * damping
+    m.dof_frictionloss[:] = nominal["dof_frictionloss"] * damping
+    gain = np.broadcast_to(np.asarray(s.get("motor_gain", 1.0), np.float64), (m.nu,))
+    m.actuator_gainprm[:, 0] = nominal["actuator_gainprm"][:, 0] * gain
+    # Position/velocity servos: the bias terms carry the same gain (kp, kv) with a minus sign.
+    m.actuator_biasprm[:, 1:3] = nominal["actuator_biasprm"][:, 1:3] * gain[:, None]
+    mujoco.mj_setConst(m, data)
+
+
 class MujocoRobotEnv(gym.Env):
     """Base class: subclasses load a model, reset its state, read sensors and score a step.
 
@@ -104,15 +151,7 @@ class MujocoRobotEnv(gym.Env):
         m = self.model
         # Sensors are evaluated only when read (`sync`), not at every physics substep.
         m.opt.disableflags |= int(mujoco.mjtDisableBit.mjDSBL_SENSOR)
-        self._nominal = {
-            "body_mass": m.body_mass.copy(),
-            "body_inertia": m.body_inertia.copy(),
-            "geom_friction": m.geom_friction.copy(),
-            "dof_damping": m.dof_damping.copy(),
-            "dof_frictionloss": m.dof_frictionloss.copy(),
-            "actuator_gainprm": m.actuator_gainprm.copy(),
-            "actuator_biasprm": m.actuator_biasprm.copy(),
-        }
+        self._nominal = nominal_physics(m)
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None
@@ -123,33 +162,10 @@ class MujocoRobotEnv(gym.Env):
         `scales` maps "mass" | "friction" | "damping" | "motor_gain" to a factor, or to an array of
         factors (one per body / geom / dof / actuator). An empty dict restores the nominal model.
         """
-        unknown = sorted(set(scales) - set(PHYSICS_SCALES))
-        if unknown:
-            raise ValueError(
-                f"physics scales: unknown keys {unknown}; expected some of {list(PHYSICS_SCALES)}"
-            )
-        for k, v in scales.items():
-            if not np.all(np.isfinite(v)) or np.any(np.asarray(v) <= 0):
-                raise ValueError(
-                    f"physics scales[{k!r}]: expected positive finite factors, got {v!r}"
-                )
-        self._scales = dict(scales)
+        self._scales = check_physics_scales(scales)
 
     def _apply_physics_scales(self) -> None:
-        m, nom, s = self.model, self._nominal, self._scales
-        mass = np.asarray(s.get("mass", 1.0), np.float64)
-        m.body_mass[:] = nom["body_mass"] * np.broadcast_to(mass, m.body_mass.shape)
-        m.body_inertia[:] = nom["body_inertia"] * np.broadcast_to(mass, m.body_mass.shape)[:, None]
-        friction = np.asarray(s.get("friction", 1.0), np.float64)
-        m.geom_friction[:, 0] = nom["geom_friction"][:, 0] * np.broadcast_to(friction, (m.ngeom,))
-        damping = np.broadcast_to(np.asarray(s.get("damping", 1.0), np.float64), (m.nv,))
-        m.dof_damping[:] = nom["dof_damping"] * damping
-        m.dof_frictionloss[:] = nom["dof_frictionloss"] * damping
-        gain = np.broadcast_to(np.asarray(s.get("motor_gain", 1.0), np.float64), (m.nu,))
-        m.actuator_gainprm[:, 0] = nom["actuator_gainprm"][:, 0] * gain
-        # Position/velocity servos: the bias terms carry the same gain (kp, kv) with a minus sign.
-        m.actuator_biasprm[:, 1:3] = nom["actuator_biasprm"][:, 1:3] * gain[:, None]
-        mujoco.mj_setConst(m, self.data)
+        apply_physics_scales(self.model, self.data, self._nominal, self._scales)
 
     # -- the three calls shared with the sim node -------------------------------------------
     def apply_command(self, action: np.ndarray) -> np.ndarray:
@@ -206,6 +222,11 @@ class MujocoRobotEnv(gym.Env):
     def readings(self) -> dict[str, dict[str, Any]]:
         """Per input topic, the nested field dict of the message the robot publishes now."""
         raise NotImplementedError
+
+    def operator_input(self, topic: str, msg: Any) -> None:
+        """A message on one of the robot's operator inputs (registry `operator_inputs`, e.g. a
+        velocity command), received by the sim node; robots with such inputs override this."""
+        raise ValueError(f"robot {self.interface_spec.robot!r} takes no operator input on {topic}")
 
     def evaluate(self, action: np.ndarray, dt_s: float) -> tuple[float, bool, dict[str, Any]]:
         """Reward, terminated and info for the step that just ran with `action`."""

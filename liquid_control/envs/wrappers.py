@@ -1,12 +1,18 @@
-"""Sim-to-real wrappers (gymnasium), configured from YAML, and `make_env`.
+"""Sim-to-real wrappers (gymnasium), configured from YAML, and `make_env`: the one set.
 
+Training (the `env.wrappers` section of a training YAML), evaluation (`liquid-control eval
+--perturb`, the evaluate stage's perturbations, through `perturbation_config`) and robot configs
+(`config/wrappers_<robot>.yaml`) all use these classes, on our robots and on any gymnasium MuJoCo
+task (Reacher, Hopper, ...; `generic` gives those a spec, a physics editor and a measured dt).
 Each wrapper models one thing a real robot does to a policy, with every range in the config:
 
-- `ObservationNoise`: Gaussian noise per channel, `scale` x the spec's `noise_std`.
-- `ActionLatency`: the command applied is the one of k control steps ago, k drawn per episode.
+- `ObservationNoise`: Gaussian noise per channel, `scale` x the spec's `noise_std` (or x the
+  stds given in `noise_std`, robot units).
+- `ActionLatency`: the command applied is the one of k control steps ago, k drawn per episode;
+  before k commands exist the robot holds its safe action (`core.safety.robot_safe_action`).
 - `SensorDropout`: a topic's channels freeze at their last value for a while (a sensor stalls).
-- `ControlJitter`: the control period varies step to step; the period actually simulated is
-  reported in `info["dt"]`, so the LTC integrates the real elapsed time.
+- `ControlJitter`: the control period varies step to step (normal or uniform); the period
+  actually simulated is reported in `info["dt"]`, so the LTC integrates the real elapsed time.
 - `DomainRandomization`: masses, friction, damping and motor gain scaled per episode, and constant
   sensor offsets per channel.
 
@@ -21,7 +27,7 @@ Config (YAML mapping; every section optional, `make_env` applies them in this or
       sensor_offset: {forward_speed: 0.02, yaw_rate: [-0.01, 0.02]}  # per channel: a std
                                             # (Gaussian) or [low, high] (uniform), per episode
     action_latency: {min_steps: 0, max_steps: 2}
-    control_jitter: {std_fraction: 0.1, max_fraction: 0.3}
+    control_jitter: {std_fraction: 0.1, max_fraction: 0.3}   # or {distribution: uniform, max_fraction: 0.3}
     sensor_dropout: {probability: 0.01, min_steps: 2, max_steps: 10, per: topic}  # or channel
     observation_noise: {scale: 1.0}
 """
@@ -36,7 +42,10 @@ import gymnasium as gym
 import numpy as np
 import yaml
 
-from .base import MujocoRobotEnv
+from liquid_control.core.safety import robot_safe_action
+from liquid_control.core.spec import InterfaceSpec
+
+from .generic import MeasuredDt, ModelPhysics, is_own_robot, mujoco_model, raw_spec
 
 SECTIONS = (
     "env_kwargs",
@@ -52,13 +61,12 @@ class WrapperConfigError(ValueError):
     """A wrapper config is invalid (the message names the field, the value and what is expected)."""
 
 
-def _robot(env: gym.Env) -> MujocoRobotEnv:
-    base = env.unwrapped
-    if not isinstance(base, MujocoRobotEnv):
-        raise TypeError(
-            f"sim-to-real wrappers need a liquid_control MuJoCo env, got {type(base).__name__}"
-        )
-    return base
+def _spec(env: gym.Env, section: str) -> InterfaceSpec:
+    """The spec the wrapper reads channels and limits from (ours, or the generic one)."""
+    try:
+        return raw_spec(env)
+    except ValueError as exc:
+        raise WrapperConfigError(f"{section}: {exc}") from None
 
 
 def _range(where: str, value: Any, minimum: float = 0.0) -> tuple[float, float]:
@@ -118,7 +126,7 @@ class ObservationNoise(_SeededWrapper):
         self, env: gym.Env, scale: float = 1.0, noise_std: list[float] | None = None
     ) -> None:
         super().__init__(env)
-        spec = _robot(env).interface_spec
+        spec = _spec(env, "observation_noise")
         std = spec.obs_noise_std if noise_std is None else np.asarray(noise_std, np.float64)
         if std.shape != (spec.obs_dim,) or not np.all(np.isfinite(std)) or np.any(std < 0):
             raise WrapperConfigError(
@@ -142,7 +150,8 @@ class ObservationNoise(_SeededWrapper):
 class ActionLatency(_SeededWrapper):
     """Applies the command of k control steps ago; k ~ U{min_steps..max_steps} per episode.
 
-    Before k commands exist the robot holds the safe command (zero, clipped to the limits)."""
+    Before k commands exist the robot holds its safe action (`robot_safe_action`: the spec's
+    `safe_action`, else zero clipped into the limits)."""
 
     def __init__(self, env: gym.Env, min_steps: int = 0, max_steps: int = 1) -> None:
         super().__init__(env)
@@ -152,8 +161,7 @@ class ActionLatency(_SeededWrapper):
             raise WrapperConfigError(
                 f"action_latency: max_steps ({max_steps}) < min_steps ({min_steps})"
             )
-        spec = _robot(env).interface_spec
-        self.safe_action = np.clip(np.zeros(spec.action_dim), spec.action_low, spec.action_high)
+        self.safe_action = robot_safe_action(_spec(env, "action_latency"))
         self.latency_steps = 0
         self._queue: deque[np.ndarray] = deque()
 
@@ -198,7 +206,7 @@ class SensorDropout(_SeededWrapper):
             raise WrapperConfigError(
                 f"sensor_dropout: max_steps ({max_steps}) < min_steps ({min_steps})"
             )
-        spec = _robot(env).interface_spec
+        spec = _spec(env, "sensor_dropout")
         if per == "topic":
             self.groups = {
                 t: np.array([i for i, e in enumerate(spec.observations) if e.topic == t])
@@ -239,28 +247,57 @@ class SensorDropout(_SeededWrapper):
 
 
 class ControlJitter(_SeededWrapper):
-    """The control period of each step is nominal * (1 + e), e ~ N(0, std_fraction^2) clipped to
-    +-max_fraction; `info["dt"]` reports the period simulated (seconds)."""
+    """The control period of each step is nominal * (1 + e): e ~ N(0, std_fraction^2) clipped to
+    +-max_fraction (`distribution` "normal"), or e ~ U[-max_fraction, max_fraction] ("uniform").
+    `info["dt"]` reports the period simulated (seconds). Our robots simulate the period itself;
+    a gymnasium MuJoCo env gets its physics timestep scaled for the step (frame_skip timesteps)."""
 
-    def __init__(self, env: gym.Env, std_fraction: float = 0.1, max_fraction: float = 0.3) -> None:
+    def __init__(
+        self,
+        env: gym.Env,
+        std_fraction: float = 0.1,
+        max_fraction: float = 0.3,
+        distribution: str = "normal",
+    ) -> None:
         super().__init__(env)
         self.std_fraction = _number("control_jitter.std_fraction", std_fraction)
-        self.max_fraction = _number("control_jitter.max_fraction", max_fraction, 0.0, 0.9)
-        self.nominal_s = _robot(env).interface_spec.control_period_s
+        self.max_fraction = _number("control_jitter.max_fraction", max_fraction, 0.0, 0.999)
+        if distribution not in ("normal", "uniform"):
+            raise WrapperConfigError(
+                f"control_jitter.distribution: expected 'normal' or 'uniform', got {distribution!r}"
+            )
+        self.distribution = distribution
+        self.own = is_own_robot(env)
+        if self.own:
+            self.nominal_s = _spec(env, "control_jitter").control_period_s
+        else:
+            try:
+                self.model = mujoco_model(env, "control_jitter")
+            except ValueError as exc:
+                raise WrapperConfigError(str(exc)) from None
+            self.nominal_s = float(self.model.opt.timestep)
 
     def reset(self, **kwargs):
         out = self.env.reset(**kwargs)
         self._reseed(kwargs.get("seed"))
         return out
 
+    def _fraction(self) -> float:
+        if self.distribution == "uniform":
+            return float(_rng(self).uniform(-self.max_fraction, self.max_fraction))
+        e = _rng(self).normal(0.0, self.std_fraction)
+        return float(np.clip(e, -self.max_fraction, self.max_fraction))
+
     def step(self, action):
-        e = float(
-            np.clip(
-                _rng(self).normal(0.0, self.std_fraction), -self.max_fraction, self.max_fraction
-            )
-        )
-        self.env.unwrapped.next_control_period_s = self.nominal_s * (1.0 + e)
-        return self.env.step(action)
+        period = self.nominal_s * (1.0 + self._fraction())
+        if self.own:
+            self.env.unwrapped.next_control_period_s = period
+            return self.env.step(action)
+        self.model.opt.timestep = period
+        try:
+            return self.env.step(action)
+        finally:
+            self.model.opt.timestep = self.nominal_s
 
 
 class DomainRandomization(_SeededWrapper):
@@ -268,7 +305,8 @@ class DomainRandomization(_SeededWrapper):
 
     Masses are drawn per body, damping per dof, motor gain per actuator, friction once (floor and
     tyre contact). Sensor offsets ~ N(0, std^2) per named channel are added to the observation.
-    The draws of the episode are in `info["randomization"]` at reset."""
+    The draws of the episode are in `info["randomization"]` at reset. Our robots apply the factors
+    at their reset; a gymnasium MuJoCo env gets its model scaled from its nominal values here."""
 
     def __init__(
         self,
@@ -290,7 +328,7 @@ class DomainRandomization(_SeededWrapper):
             )
             if v is not None
         }
-        spec = _robot(env).interface_spec
+        spec = _spec(env, "domain_randomization")
         names = [e.name for e in spec.observations]
         self.offset_std = np.zeros(spec.obs_dim)
         self.offset_range: dict[int, tuple[float, float]] = {}
@@ -305,10 +343,14 @@ class DomainRandomization(_SeededWrapper):
             else:  # a number: Gaussian offset with this std
                 self.offset_std[names.index(name)] = _number(where, value)
         self.offset = np.zeros(spec.obs_dim)
-        self._robot_env = _robot(env)
+        try:
+            mujoco_model(env, "domain_randomization")
+            self._physics = env.unwrapped if is_own_robot(env) else ModelPhysics(env)
+        except ValueError as exc:
+            raise WrapperConfigError(str(exc)) from None
 
     def _draw(self, rng: np.random.Generator) -> dict[str, Any]:
-        m = self._robot_env.model
+        m = self.env.unwrapped.model  # (ours may rebuild it per episode: the current one)
         sizes = {"mass": m.nbody, "friction": 1, "damping": m.nv, "motor_gain": m.nu}
         scales = {}
         for k, (lo, hi) in self.ranges.items():
@@ -320,7 +362,7 @@ class DomainRandomization(_SeededWrapper):
         self._reseed(seed)  # the draws come before the inner reset (they change the model)
         rng = _rng(self)
         scales = self._draw(rng)
-        self._robot_env.set_physics_scales(scales)
+        self._physics.set_physics_scales(scales)
         self.offset = rng.normal(0.0, 1.0, self.offset_std.shape) * self.offset_std
         for i, (lo, hi) in self.offset_range.items():
             self.offset[i] = rng.uniform(lo, hi)
@@ -383,10 +425,45 @@ def apply_wrappers(env: gym.Env, config: dict[str, Any] | None) -> gym.Env:
     return env
 
 
+# Evaluation perturbations (`liquid-control eval --perturb`, `evaluate.perturbations`): one value
+# each, turned into a section of the wrapper config above by `perturbation_config`.
+PERTURBATIONS = ("obs_noise", "action_latency", "mass_scale", "friction_scale", "dt_jitter")
+
+
+def perturbation_config(perturb: dict[str, float], obs_std: np.ndarray) -> dict[str, Any]:
+    """The wrapper config of evaluation perturbations: `obs_noise` x each observation's std
+    (`obs_std`, robot units), `action_latency` whole steps, `mass_scale` and `friction_scale`
+    factors, `dt_jitter` j (the period ~ U[1 - j, 1 + j] x nominal)."""
+    unknown = sorted(set(perturb) - set(PERTURBATIONS))
+    if unknown:
+        raise WrapperConfigError(
+            f"perturbations: unknown {unknown}; expected some of {list(PERTURBATIONS)}"
+        )
+    p = dict(perturb)
+    config: dict[str, Any] = {}
+    physics = {
+        key: [float(p[name])] * 2
+        for name, key in (("mass_scale", "mass"), ("friction_scale", "friction"))
+        if p.get(name, 1.0) != 1.0
+    }
+    if physics:
+        config["domain_randomization"] = physics
+    if p.get("action_latency", 0) > 0:
+        k = int(p["action_latency"])
+        config["action_latency"] = {"min_steps": k, "max_steps": k}
+    if p.get("dt_jitter", 0.0) > 0:
+        config["control_jitter"] = {"distribution": "uniform", "max_fraction": p["dt_jitter"]}
+    if p.get("obs_noise", 0.0) > 0:
+        std = np.asarray(obs_std, np.float64) * float(p["obs_noise"])
+        config["observation_noise"] = {"noise_std": std.tolist(), "scale": 1.0}
+    return config
+
+
 def make_env(
     env_id: str, wrappers_config: dict[str, Any] | str | None = None, **env_kwargs
 ) -> gym.Env:
-    """`gymnasium.make(env_id)` with the sim-to-real wrappers of a config (dict or YAML path)."""
+    """`gymnasium.make(env_id)` with the sim-to-real wrappers of a config (dict or YAML path);
+    any env id, ours or gymnasium's. Every step reports ``info["dt"]``."""
     import liquid_control.envs  # noqa: F401  (registers the ids)
 
     config = (
@@ -395,4 +472,7 @@ def make_env(
         else check_config(wrappers_config)
     )
     kwargs = {**(config.get("env_kwargs") or {}), **env_kwargs}
-    return apply_wrappers(gym.make(env_id, **kwargs), config)
+    env = gym.make(env_id, **kwargs)
+    if not is_own_robot(env):
+        env = MeasuredDt(env)
+    return apply_wrappers(env, config)

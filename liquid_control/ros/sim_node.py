@@ -204,7 +204,7 @@ class SimNode(Node):
         try:
             self.robot: Robot = get_robot(robot)
         except ValueError as exc:
-            raise ValueError(f"parameter robot: {exc}") from None
+            raise ValueError(f"parameter {exc}") from None  # "parameter robot: expected one of..."
         params = {
             "seed": (
                 0,

@@ -90,7 +90,9 @@ def preflight(
         raise RunFolderError(
             f"--resume: {out} holds no run (no config.json); drop --resume to start one"
         )
-    env = make_env_checked(cfg.env, f"env.id: cannot make {cfg.env.id!r}", seed=cfg.seed)
+    env = make_env_checked(
+        cfg.env, f"env.id: cannot make {cfg.env.id!r}", seed=cfg.seed, randomize=True
+    )
     try:
         shape, obs_shape = env.action_space.shape, env.observation_space.shape
     finally:
