@@ -2,7 +2,10 @@
 
 Reads the evaluation of finished runs (``RUN/evaluate/results.json``, written by
 `liquid-control train`) and prints one markdown table over all tasks; with ``--out`` it also writes
-it (and a CSV). Numbers are whatever the runs measured; nothing is computed here but ratios.
+it (and a CSV). Numbers are whatever the runs measured; nothing is computed here but ratios. The
+last two columns are the smoothness of the actions in the nominal case (mean |delta a| as % of the
+action range per step, and the share of the action energy above a quarter of the control rate);
+"-" for runs evaluated before those were measured.
 
     python benchmarks/results_table.py runs/cartpole runs/rover runs/idp runs/half_cheetah \
         --out benchmarks/results.md
@@ -16,6 +19,8 @@ import json
 import sys
 from pathlib import Path
 
+from liquid_control.train.smoothness import table_cell
+
 
 def load_rows(run: Path) -> list[dict]:
     path = run / "evaluate" / "results.json"
@@ -26,7 +31,8 @@ def load_rows(run: Path) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     cases = list(dict.fromkeys(r["case"] for r in rows))
-    head = ["task", "agent", "params", *cases, "% of teacher (nominal)"]
+    smooth = ["\\|Δa\\| (nominal)", "hf energy (nominal)"]
+    head = ["task", "agent", "params", *cases, "% of teacher (nominal)", *smooth]
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     by = {(r["task"], r["agent"], r["case"]): r for r in rows}
     for task in dict.fromkeys(r["task"] for r in rows):
@@ -42,10 +48,21 @@ def table(rows: list[dict]) -> str:
                 if agent != "teacher" and teacher > 0
                 else ""
             )
+            cells += [
+                pct,
+                table_cell(first.get("mean_abs_delta"), percent=True),
+                table_cell(first.get("hf_energy")),
+            ]
             lines.append(
-                f"| {task} | {agent} | {first['parameters']} | " + " | ".join(cells) + f" | {pct} |"
+                f"| {task} | {agent} | {first['parameters']} | " + " | ".join(cells) + " |"
             )
     return "\n".join(lines) + "\n"
+
+
+def csv_columns(rows: list[dict]) -> list[str]:
+    """The scalar keys of all rows in first-seen order (runs of different versions mix)."""
+    keys = dict.fromkeys(k for r in rows for k, v in r.items() if not isinstance(v, (dict, list)))
+    return list(keys)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.write_text(text)
         with open(args.out.with_suffix(".csv"), "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer = csv.DictWriter(
+                fh, fieldnames=csv_columns(rows), restval="-", extrasaction="ignore"
+            )
             writer.writeheader()
             writer.writerows(rows)
     return 0

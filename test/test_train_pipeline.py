@@ -4,6 +4,7 @@ ONNX / numpy-runtime agreement. Full-size training is not run here."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -113,6 +114,7 @@ def cli_started(*args: str) -> subprocess.Popen:
         ({"distill": {"windw": 3}}, "did you mean 'window'"),
         ({"env": {"kwargs": {"max_episode_steps": 20}}}, "env.kwargs.max_episode_steps: the"),
         ({"env": {"max_episode_steps": 0}}, "env.max_episode_steps: expected > 0"),
+        ({"distill": {"action_rate_weight": -0.5}}, "distill.action_rate_weight: expected"),
         (
             {"studnet": {"units": 3}},
             "top level: unknown field(s) ['studnet'] (did you mean 'student'?)",
@@ -297,15 +299,58 @@ def test_dt_jitter_is_reported_in_info_and_physics_shift_edits_the_model() -> No
     cfg = EnvConfig(id="InvertedDoublePendulum-v5")
     nominal = make_env(cfg, seed=0, randomize=False)
     shifted = make_env(cfg, seed=0, randomize=False, perturb={"mass_scale": 1.5, "dt_jitter": 0.3})
+    shifted.reset(seed=0)  # the physics shift applies at reset, as for our robots
     np.testing.assert_allclose(
         shifted.unwrapped.model.body_mass, 1.5 * nominal.unwrapped.model.body_mass
     )
-    shifted.reset(seed=0)
     dts = [shifted.step(np.zeros(1, np.float32))[4]["dt"] for _ in range(20)]
     assert min(dts) >= 0.05 * 0.7 - 1e-9 and max(dts) <= 0.05 * 1.3 + 1e-9
     assert np.std(dts) > 0.002
     nominal.reset(seed=0)
     assert nominal.step(np.zeros(1, np.float32))[4]["dt"] == pytest.approx(0.05)
+
+
+def test_gymnasium_tasks_take_the_same_wrapper_sections_as_our_robots() -> None:
+    from liquid_control.train.config import EnvConfig
+    from liquid_control.train.envs import make_env
+
+    wrappers = {
+        "domain_randomization": {"mass": [0.8, 1.2], "friction": [0.5, 1.5]},
+        "action_latency": {"min_steps": 0, "max_steps": 1},
+        "control_jitter": {"std_fraction": 0.1, "max_fraction": 0.3},
+        "sensor_dropout": {"probability": 0.1, "min_steps": 1, "max_steps": 2},
+        "observation_noise": {"noise_std": [0.01] * 10, "scale": 1.0},
+    }
+    cfg = EnvConfig(id="Reacher-v5", wrappers=wrappers)
+    env = make_env(cfg, seed=0, randomize=True)
+    nominal = make_env(EnvConfig(id="Reacher-v5"), seed=0, randomize=False)
+    masses = []
+    for seed in (1, 2):
+        _, info = env.reset(seed=seed)
+        masses.append(env.unwrapped.model.body_mass.copy())
+        assert set(info["randomization"]) >= {"mass", "friction", "sensor_offset"}
+    nominal.reset(seed=1)
+    base = nominal.unwrapped.model.body_mass
+    moving = base > 0
+    ratio = masses[0][moving] / base[moving]
+    assert np.all((ratio >= 0.8 - 1e-9) & (ratio <= 1.2 + 1e-9)) and not np.allclose(*masses)
+    dts = [env.step(np.zeros(2, np.float32))[4]["dt"] for _ in range(30)]
+    assert np.std(dts) > 1e-4 and 0.02 * 0.7 - 1e-9 <= min(dts) and max(dts) <= 0.02 * 1.3 + 1e-9
+    # the timestep is the nominal one again between steps (env.dt stays the control period)
+    assert env.unwrapped.dt == pytest.approx(0.02)
+    # the same seed gives the same randomised episode
+    again = make_env(cfg, seed=0, randomize=True)
+    again.reset(seed=1)
+    np.testing.assert_array_equal(again.unwrapped.model.body_mass, masses[0])
+
+
+def test_a_wrong_wrapper_section_on_a_gymnasium_task_is_one_line_before_any_work(tmp_path) -> None:
+    bad = {**TINY, "env": {"id": "Reacher-v5", "wrappers": {"observation_noise": {"scale": -1}}}}
+    write_config(tmp_path / "bad.yaml", bad)
+    result = cli("train", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2, result.stderr
+    assert "env.wrappers: observation_noise.scale" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
 
 
 def test_action_latency_applies_the_previous_command() -> None:
@@ -387,10 +432,15 @@ def test_every_stage_runs_and_writes_its_outputs(tiny_teacher: Path, tmp_path: P
     assert cases == {"nominal", "obs_noise=0.1", "dt_jitter=0.3", "mass_scale=1.2"}
     assert len(rows) == len(agents) * len(cases)
     assert all(np.isfinite(r["mean_return"]) for r in rows)
+    # the smoothness of every agent's actions in every case, and per action in robot units
+    assert all(0 <= r["mean_abs_delta"] <= 1 and 0 <= r["hf_energy"] <= 1 for r in rows)
+    assert all(list(r["mean_abs_delta_units"]) == ["act_0"] for r in rows)
     table = (run / "evaluate" / "results.md").read_text()
     assert "| ltc19 |" in table and "dt_jitter=0.3" in table
     header = (run / "evaluate" / "results.csv").read_text().splitlines()[0]
     assert header.startswith("task,agent,case,parameters")
+    assert header.endswith("vs_teacher,mean_abs_delta,hf_energy")
+    assert "smoothness \\|Δa\\| (nominal)" in table
     for png in ("learning_curves.png", "perturbations.png", "ltc_activity.png"):
         assert (run / "evaluate" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # fine-tuning reports whether it helped, with both returns
@@ -546,6 +596,135 @@ def test_teacher_resumes_from_its_last_checkpoint_after_kill(tmp_path: Path) -> 
     assert teacher.act(np.zeros((2, 9))).shape == (2, 1)
 
 
+def _rows(task: str, smooth: bool) -> list[dict]:
+    """results.json rows of a run with a teacher and an LTC, nominal and one perturbed case, with
+    the smoothness columns (today's evaluate stage) or without (a run evaluated before them)."""
+    rows = []
+    for agent, ret, delta, hf in (("teacher", 100.0, 0.2, 0.6), ("ltc19", 90.0, 0.031, 0.05)):
+        for case in ("nominal", "obs_noise=0.1"):
+            row = {"task": task, "agent": agent, "case": case, "parameters": 5, "episodes": 2,
+                   "mean_return": ret, "std_return": 1.0, "min_return": ret - 1,
+                   "vs_teacher": ret / 100.0}  # fmt: skip
+            if smooth:
+                row.update(mean_abs_delta=delta, hf_energy=hf,
+                           mean_abs_delta_units={"force": 2 * delta})  # fmt: skip
+            rows.append(row)
+    return rows
+
+
+def test_the_results_show_the_nominal_smoothness_of_each_agent(tmp_path: Path) -> None:
+    from liquid_control.train.evaluate import write_results
+
+    write_results(tmp_path, _rows("cartpole", smooth=True))
+    table = (tmp_path / "results.md").read_text().splitlines()
+    assert table[0].endswith("| smoothness \\|Δa\\| (nominal) | hf energy (nominal) |")
+    assert table[2].endswith("| 20.0% | 0.60 |") and table[3].endswith("| 3.1% | 0.05 |")
+    header = (tmp_path / "results.csv").read_text().splitlines()[0].split(",")
+    assert header[:9] == ["task", "agent", "case", "parameters", "episodes", "mean_return",
+                          "std_return", "min_return", "vs_teacher"]  # fmt: skip
+    assert header[9:] == ["mean_abs_delta", "hf_energy"]  # (per action units: the JSON only)
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert rows[2]["mean_abs_delta_units"] == {"force": 0.062}
+
+
+def test_the_cross_task_table_reads_runs_evaluated_before_smoothness(tmp_path: Path) -> None:
+    import importlib.util
+
+    script = importlib.util.spec_from_file_location(
+        "results_table", ROOT / "benchmarks" / "results_table.py"
+    )
+    results_table = importlib.util.module_from_spec(script)
+    script.loader.exec_module(results_table)
+    for task, smooth in (("cartpole", True), ("rover", False)):
+        (tmp_path / task / "evaluate").mkdir(parents=True)
+        rows = json.dumps(_rows(task, smooth))
+        (tmp_path / task / "evaluate" / "results.json").write_text(rows)
+    out = tmp_path / "table.md"
+    assert (
+        results_table.main([str(tmp_path / "cartpole"), str(tmp_path / "rover"), "--out", str(out)])
+        == 0
+    )
+    lines = out.read_text().splitlines()
+    assert lines[0].endswith(
+        "| % of teacher (nominal) | \\|Δa\\| (nominal) | hf energy (nominal) |"
+    )
+    assert lines[3].endswith("| 90% | 3.1% | 0.05 |")  # cartpole, ltc19
+    assert lines[5].endswith("| 90% | - | - |")  # rover: evaluated before smoothness
+    with open(out.with_suffix(".csv"), newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows[2]["mean_abs_delta"] == "0.031" and rows[-1]["mean_abs_delta"] == "-"
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread, as the pipeline trains (torch_threads: 1); small BPTT steps are
+    several times slower on two contended cores than on one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("student", ["ltc", "lstm"])
+def test_an_action_rate_weight_makes_the_distilled_student_smoother(
+    student: str, one_torch_thread
+) -> None:
+    """Labels that follow an observation redrawn every step (a chattering teacher): without the
+    penalty the student follows the chatter, with a large one its output barely moves."""
+    import torch
+
+    from liquid_control.train.distill import (
+        Dataset,
+        action_rate,
+        base_spec,
+        fit_normalization,
+        make_students,
+        train_student,
+    )
+
+    rng = np.random.default_rng(0)
+    trajectories, steps = 4, 60
+    obs = rng.normal(size=(trajectories * steps, 9))
+    spec = fit_normalization(base_spec(config_from_dict(TINY)), obs)
+    data = Dataset(
+        {
+            "obs": obs,
+            "dt": np.full(len(obs), spec.control_period_s),
+            "label": np.tanh(2.0 * obs[:, :1]),  # (network units)
+            "traj": np.repeat(np.arange(trajectories), steps),
+            "first": np.tile(np.arange(steps) == 0, trajectories),
+        }
+    )
+    x = torch.as_tensor(spec.normalize(obs), dtype=torch.float32).reshape(trajectories, steps, 9)
+    everywhere = torch.ones(trajectories, steps)  # (also the elapsed time: one period a step)
+    rates = {}
+    for weight in (0.0, 10.0):
+        tiny = json.loads(json.dumps(TINY))
+        tiny["distill"].update(epochs=100, action_rate_weight=weight)  # (about 1 s each)
+        cfg = config_from_dict(tiny)
+        model = make_students(cfg, spec.obs_dim, spec.action_dim)[student]
+        optim = torch.optim.Adam(model.parameters(), lr=cfg.distill.lr)
+        train_student(model, optim, data, spec, cfg, seed=1)
+        with torch.no_grad():
+            y, _ = model(x, None, everywhere)
+        rates[weight] = float(action_rate(y, everywhere))
+    assert rates[10.0] < 0.25 * rates[0.0], rates
+
+
+def test_the_action_rate_counts_only_pairs_of_steps_inside_the_loss_mask() -> None:
+    import torch
+
+    from liquid_control.train.distill import action_rate
+
+    y = torch.tensor([[[0.0], [1.0], [1.0], [3.0]]])  # changes 1, 0, 2 (squared 1, 0, 4)
+    assert float(action_rate(y, torch.ones(1, 4))) == pytest.approx(5 / 3)
+    # burn-in over the first two steps: only the pair (2, 3) counts
+    assert float(action_rate(y, torch.tensor([[0.0, 0.0, 1.0, 1.0]]))) == pytest.approx(4.0)
+    assert float(action_rate(y, torch.zeros(1, 4))) == 0.0
+
+
 def test_optimiser_state_round_trips_without_pickle(tmp_path):
     import torch
 
@@ -593,7 +772,8 @@ def test_a_run_from_before_a_new_config_key_still_resumes(tmp_path: Path) -> Non
 
     cfg = config_from_dict(TINY)
     old = cfg.to_dict()
-    del old["teacher"]["subproc_envs"]  # (a key this version added, at its default)
+    del old["teacher"]["subproc_envs"]  # (keys added since, at their defaults)
+    del old["distill"]["action_rate_weight"]
     write_json(tmp_path / "config.json", old)
     assert prepare_run_folder(cfg, tmp_path, resume=True) == tmp_path
     changed = config_from_dict({**TINY, "seed": 9})

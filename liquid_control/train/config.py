@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from ..envs.wrappers import PERTURBATIONS  # the one list, beside the wrappers it names
+
 
 class ConfigError(ValueError):
     """A training YAML is invalid (the message names the field)."""
@@ -76,6 +78,8 @@ class DistillConfig:
     lr: float = 1e-2  # LTC (it needs more and larger steps than the LSTM)
     lstm_lr: float = 3e-3
     grad_clip: float = 1.0
+    # weight of mean (y[t] - y[t-1])**2 of the student's outputs (network units) in the loss
+    action_rate_weight: float = 0.0
     max_dataset_steps: int = 200_000  # oldest data is dropped beyond this
     eval_episodes: int = 4  # closed-loop episodes that select the best student
     dt_jitter: float = 0.0  # relative dt randomisation while collecting (teaches dt use)
@@ -105,7 +109,7 @@ class FinetuneConfig:
 @dataclass(frozen=True)
 class ImitateConfig:
     """`liquid-control imitate`: BPTT on recorded demonstrations (window, burn_in, batch_size,
-    lr, lstm_lr and grad_clip come from the distill section)."""
+    lr, lstm_lr, grad_clip and action_rate_weight come from the distill section)."""
 
     max_rounds: int = 40  # rounds of `epochs_per_round` passes over the training windows
     epochs_per_round: int = 2
@@ -160,7 +164,6 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-PERTURBATIONS = ("obs_noise", "action_latency", "mass_scale", "friction_scale", "dt_jitter")
 TEACHER_ALGOS = ("PPO", "SAC")
 
 
@@ -286,6 +289,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if not 0 <= d.burn_in < d.window:
         raise ConfigError(
             f"distill.burn_in: expected 0 <= burn_in < window ({d.window}), got {d.burn_in}"
+        )
+    if not (np.isfinite(d.action_rate_weight) and d.action_rate_weight >= 0):
+        raise ConfigError(
+            f"distill.action_rate_weight: expected a finite number >= 0, got {d.action_rate_weight!r}"
         )
     for where, v in (("distill.beta0", d.beta0), ("distill.beta_decay", d.beta_decay)):
         if not 0.0 <= v <= 1.0:

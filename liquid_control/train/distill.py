@@ -6,8 +6,9 @@ teacher's action (in network units, ``spec.to_network``) and added to the data s
 time since the previous observation (per-step dt, so the LTC learns on the elapsed times it will
 see). The students are then trained on windows of ``window`` steps cut from the recorded
 trajectories: the first ``burn_in`` steps of a window that does not start an episode only warm the
-state up. After each round every student is evaluated in closed loop; the best one by return (not by
-loss) is kept.
+state up. With ``action_rate_weight`` > 0 the loss also penalises the change of the student's output
+from step to step (`train_student`). After each round every student is evaluated in closed loop;
+the best one by return (not by loss) is kept.
 
 Files in ``RUN/distill/``: ``progress.json`` (the index, written last), step-numbered weights,
 optimiser state and data of the last finished round, ``best_<student>.safetensors``, ``spec.json``
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,6 +38,9 @@ from .io import (
     write_tensors,
 )
 from .rollout import TorchStudentAgent, run_episodes
+
+if TYPE_CHECKING:
+    import torch
 
 
 def make_students(cfg: TrainConfig, obs_dim: int, act_dim: int) -> dict[str, Any]:
@@ -206,7 +210,17 @@ def collect(
 def train_student(
     model, optim, data: Dataset, spec: InterfaceSpec, cfg: TrainConfig, seed: int
 ) -> float:
-    """`epochs` passes over the data in windows; returns the mean loss of the last pass."""
+    """`epochs` passes over the data in windows; returns the mean loss of the last pass.
+
+    The loss of a minibatch of windows, outputs y and labels y* (B, window, action_dim) in network
+    units and mask m (B, window) (0 on burn-in and past a trajectory's end):
+
+        sum_t m_t mean_j (y - y*)**2 / sum_t m_t
+        + action_rate_weight * sum_t m_t m_{t-1} mean_j (y_t - y_{t-1})**2 / sum_t m_t m_{t-1}
+
+    The second term (only where the weight is > 0) penalises the step-to-step change of the
+    command, so that the student does not copy a teacher's chatter.
+    """
     import torch
 
     d = cfg.distill
@@ -225,6 +239,8 @@ def train_student(
             y, _ = model(x_all[sel], None, e_all[sel])
             err = ((y - y_all[sel]) ** 2).mean(-1)
             loss = (err * m).sum() / m.sum().clamp(min=1.0)
+            if d.action_rate_weight > 0:
+                loss = loss + d.action_rate_weight * action_rate(y, m)
             optim.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), d.grad_clip)
@@ -233,6 +249,14 @@ def train_student(
                 model.apply_weight_constraints()
             losses.append(loss.item())
     return float(np.mean(losses)) if losses else float("nan")
+
+
+def action_rate(y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared step-to-step change of outputs y (B, window, action_dim) over the pairs of
+    consecutive steps that both count in mask (B, window); a 0-d tensor."""
+    pairs = mask[:, 1:] * mask[:, :-1]
+    rate = ((y[:, 1:] - y[:, :-1]) ** 2).mean(-1)
+    return (rate * pairs).sum() / pairs.sum().clamp(min=1.0)
 
 
 def evaluate_student(

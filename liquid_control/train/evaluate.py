@@ -2,7 +2,10 @@
 
 Every agent runs the same episodes (one seed each, seeds disjoint from training) under each case:
 nominal, then every configured perturbation alone. The LTC runs through the numpy deploy runtime
-(`core.Policy`, what the robot executes), not through torch. Writes into ``RUN/evaluate/``:
+(`core.Policy`, what the robot executes), not through torch. Each row gives the returns and the
+smoothness of the actions sent (train/smoothness.py, mean over the episodes): ``mean_abs_delta``
+(mean |a[t] - a[t-1]| as a share of each action's range) and ``hf_energy`` (share of the action
+energy above a quarter of the control rate). Writes into ``RUN/evaluate/``:
 ``results.csv``, ``results.md`` (table), ``results.json``, ``learning_curves.png``,
 ``perturbations.png`` and ``ltc_activity.png`` (motor and hidden neuron states over one episode).
 """
@@ -24,6 +27,7 @@ from .envs import make_env, perturbation_cases
 from .io import read_json, write_json
 from .rollout import Episodes, PolicyAgent, TeacherAgent, TorchStudentAgent
 from .rollout import run_episodes as _run
+from .smoothness import Smoothness, mean_smoothness, table_cell
 
 EVAL_SEED = 100_000
 
@@ -38,13 +42,26 @@ def run_episodes(
     record: bool = False,
 ) -> np.ndarray | Episodes:
     """Returns of `episodes` episodes (seeds seed, seed+1, ...); the Episodes if `record`."""
-    result = _run(
+    result = rollouts(agent, env_cfg, episodes, seed, perturb, obs_std, record)
+    return result if record else result.returns
+
+
+def rollouts(
+    agent,
+    env_cfg: EnvConfig,
+    episodes: int,
+    seed: int = EVAL_SEED,
+    perturb: dict[str, float] | None = None,
+    obs_std: np.ndarray | None = None,
+    record: bool = False,
+) -> Episodes:
+    """`episodes` episodes (seeds seed, seed+1, ...): returns and actions, full traces if `record`."""
+    return _run(
         agent,
         lambda s: make_env(env_cfg, seed=s, randomize=False, perturb=perturb, obs_std=obs_std),
         [seed + i for i in range(episodes)],
         record=record,
     )
-    return result if record else result.returns
 
 
 def agents_of_run(cfg: TrainConfig, run_dir: Path) -> tuple[dict[str, Any], dict[str, int], Policy]:
@@ -76,8 +93,10 @@ def evaluate_run(cfg: TrainConfig, run_dir: str | os.PathLike, progress: bool = 
     agents, params, ltc_policy = agents_of_run(cfg, run_dir)
     cases = perturbation_cases(cfg.evaluate.perturbations)
     n = cfg.evaluate.episodes
-    obs_std = ltc_policy.spec.obs_std
+    spec = ltc_policy.spec  # (the env's interface: every agent's action limits and names)
+    obs_std = spec.obs_std
     rows: list[dict[str, Any]] = []
+    smooth: list[Smoothness] = []  # (one per row)
     bar = tqdm(
         total=len(cases) * len(agents),
         desc="evaluate",
@@ -87,7 +106,8 @@ def evaluate_run(cfg: TrainConfig, run_dir: str | os.PathLike, progress: bool = 
     )
     for case, perturb in cases.items():
         for label, agent in agents.items():
-            returns = run_episodes(agent, cfg.env, n, EVAL_SEED, perturb, obs_std)
+            result = rollouts(agent, cfg.env, n, EVAL_SEED, perturb, obs_std)
+            returns = result.returns
             rows.append(
                 {
                     "task": cfg.name,
@@ -100,11 +120,17 @@ def evaluate_run(cfg: TrainConfig, run_dir: str | os.PathLike, progress: bool = 
                     "min_return": float(np.min(returns)),
                 }
             )
+            smooth.append(mean_smoothness(result.actions, spec.action_low, spec.action_high))
             bar.update(1)
     bar.close()
     teacher_of = {r["case"]: r["mean_return"] for r in rows if r["agent"] == "teacher"}
-    for r in rows:
+    names = [a.name for a in spec.actions]
+    for r, sm in zip(rows, smooth, strict=True):
         r["vs_teacher"] = _ratio(r["mean_return"], teacher_of[r["case"]])
+        r["mean_abs_delta"] = sm.mean_abs_delta
+        r["hf_energy"] = sm.hf_energy
+        # robot units per action, by name: results.json only (the CSV keeps the scalars)
+        r["mean_abs_delta_units"] = dict(zip(names, sm.mean_abs_delta_units.tolist(), strict=True))
     write_results(out, rows)
     trace = run_episodes(PolicyAgent(ltc_policy), cfg.env, 1, EVAL_SEED, None, obs_std, record=True)
     plot_all(cfg, run_dir, rows, trace.traces[0], ltc_policy)
@@ -121,8 +147,10 @@ def _ratio(value: float, reference: float) -> float:
 
 
 def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
+    """results.csv (the scalar columns), results.json (every key) and results.md (the table)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    scalars = [k for k, v in rows[0].items() if not isinstance(v, (dict, list))]
+    writer = csv.DictWriter(buf, fieldnames=scalars, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
@@ -131,14 +159,18 @@ def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """One line per agent: parameters, then mean return (and % of the teacher) per case."""
+    """One line per agent: parameters, mean return (and % of the teacher) per case, then the
+    smoothness of its actions in the nominal case: mean |delta a| as % of the range per step, and
+    the share of the action energy above a quarter of the control rate ("-" where not measured)."""
     cases = list(dict.fromkeys(r["case"] for r in rows))
     agents = list(dict.fromkeys(r["agent"] for r in rows))
     by = {(r["agent"], r["case"]): r for r in rows}
     task = rows[0]["task"]
+    nominal = cases[0]
+    smooth_head = [f"smoothness \\|Δa\\| ({nominal})", f"hf energy ({nominal})"]
     lines = [
-        f"| {task} | params | " + " | ".join(cases) + " |",
-        "|---|---:|" + "---:|" * len(cases),
+        f"| {task} | params | " + " | ".join([*cases, *smooth_head]) + " |",
+        "|---|---:|" + "---:|" * (len(cases) + len(smooth_head)),
     ]
     for a in agents:
         cells = []
@@ -148,7 +180,12 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             positive = by[("teacher", c)]["mean_return"] > 0
             pct = f" ({100 * r['vs_teacher']:.0f}%)" if a != "teacher" and positive else ""
             cells.append(f"{r['mean_return']:.1f} ± {r['std_return']:.1f}{pct}")
-        lines.append(f"| {a} | {by[(a, cases[0])]['parameters']} | " + " | ".join(cells) + " |")
+        first = by[(a, nominal)]
+        cells += [
+            table_cell(first.get("mean_abs_delta"), percent=True),
+            table_cell(first.get("hf_energy")),
+        ]
+        lines.append(f"| {a} | {first['parameters']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

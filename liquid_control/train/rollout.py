@@ -94,11 +94,18 @@ class PolicyAgent:
 
 @dataclass
 class Episodes:
-    """Result of `run_episodes`: one entry per episode."""
+    """Result of `run_episodes`: one entry per episode.
+
+    returns: (episodes,) summed rewards; lengths: (episodes,) control steps.
+    actions: per episode, (length, action_dim) the actions the agent sent, robot units (always
+        kept: a few kB per episode, what the smoothness figures are computed from).
+    traces: per episode, {"obs", "action", "reward", "dt", "state"} arrays if record=True.
+    """
 
     returns: np.ndarray
     lengths: np.ndarray
-    traces: list[dict[str, np.ndarray]] = field(default_factory=list)  # if record=True
+    actions: list[np.ndarray] = field(default_factory=list)
+    traces: list[dict[str, np.ndarray]] = field(default_factory=list)
 
 
 def run_episodes(
@@ -120,6 +127,7 @@ def run_episodes(
     alive = np.ones(n, bool)
     returns, lengths = np.zeros(n), np.zeros(n, int)
     traces = [{"obs": [], "action": [], "reward": [], "dt": [], "state": []} for _ in range(n)]
+    sent: list[list[np.ndarray]] = [[] for _ in range(n)]
     while alive.any():
         actions = agent.act(obs, dt)
         state = getattr(agent, "last_state", None)
@@ -127,6 +135,7 @@ def run_episodes(
             next_obs, reward, terminated, truncated, info = envs[i].step(
                 actions[i].astype(envs[i].action_space.dtype)
             )
+            sent[i].append(actions[i].copy())
             if record:
                 tr = traces[i]
                 tr["obs"].append(obs[i].copy())
@@ -145,7 +154,7 @@ def run_episodes(
                     progress.update(1)
     for env in envs:
         env.close()
-    out = Episodes(returns, lengths)
+    out = Episodes(returns, lengths, [np.asarray(a, np.float64) for a in sent])
     if record:
         out.traces = [{k: np.asarray(v) for k, v in tr.items()} for tr in traces]
     return out

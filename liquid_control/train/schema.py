@@ -31,9 +31,9 @@ DOCS: dict[str, str] = {
     "env": "the gymnasium env",
     "env.id": "gymnasium env id (ours: LiquidControl/CartPoleSwingUp-v0, ...RoverLane-v0, ...)",
     "env.kwargs": "keyword arguments of gymnasium.make (or of our env)",
-    "env.wrappers": "training randomisation: observation_noise, action_latency, control_jitter, "
-    "domain_randomization, ... (liquid_control/envs/wrappers.py); for other gymnasium envs the "
-    "evaluation perturbation names",
+    "env.wrappers": "training randomisation, the same sections for every env (ours and "
+    "gymnasium's MuJoCo tasks): observation_noise, action_latency, control_jitter, "
+    "sensor_dropout, domain_randomization (liquid_control/envs/wrappers.py)",
     "env.max_episode_steps": "episode length in control steps (the one place for it)",
     "teacher": "stage 1: the stable-baselines3 MLP teacher",
     "teacher.algo": f"one of {list(TEACHER_ALGOS)}",
@@ -68,6 +68,9 @@ DOCS: dict[str, str] = {
     "distill.lr": "Adam learning rate of the LTC",
     "distill.lstm_lr": "Adam learning rate of the LSTM",
     "distill.grad_clip": "gradient norm clip",
+    "distill.action_rate_weight": "action-rate penalty, >= 0: the loss adds this times the mean "
+    "squared change of the student's output from one step to the next (network units, steps "
+    "after burn-in); smoother commands at some cost in imitation (0: off)",
     "distill.max_dataset_steps": "aggregated steps kept (the oldest trajectories are dropped)",
     "distill.eval_episodes": "closed-loop episodes that select the best student each round",
     "distill.dt_jitter": "relative randomisation of the control period while collecting, in "
@@ -91,7 +94,7 @@ DOCS: dict[str, str] = {
     "finetune.critic_warmup_rollouts": "rollouts that fit the critic only (protects the actor)",
     "finetune.eval_episodes": "closed-loop episodes that decide whether fine-tuning improved",
     "imitate": "`liquid-control imitate`: BPTT on recorded demonstrations (window, burn-in, "
-    "batch size, learning rates and clip from distill)",
+    "batch size, learning rates, clip and action-rate weight from distill)",
     "imitate.max_rounds": "rounds of epochs_per_round passes",
     "imitate.epochs_per_round": "passes over the training windows per round",
     "imitate.val_fraction": "episodes held out for validation, in (0, 1)",
