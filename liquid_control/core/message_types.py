@@ -16,7 +16,13 @@ into an rclpy class). An entry says:
 - `interface(element)`: what an action element commands, in ros2_control's words (``position``,
   ``velocity``, ``effort``) or None when the spec does not say; the safety layer holds position
   targets on a ``hold`` safe action and zeroes everything else (a held velocity keeps a robot
-  moving).
+  moving);
+- `nested`: the fields that hold a whole nested message a transform may read (an Imu's
+  ``orientation`` quaternion, read as projected gravity).
+
+The transform table (`TRANSFORMS`) says how an observation element's raw value is made from what
+its field holds: ``identity``, ``sin`` or ``cos`` of a number, or ``gravity_x|y|z``, a component
+of the unit gravity direction in the body frame from an orientation quaternion (`gravity_in_body`).
 
 Readers validate what they read (a message that fails is rejected whole and never reaches the
 policy):
@@ -27,14 +33,16 @@ policy):
 - JointState: every joint the spec names must be present, names must be unique, and each of
   ``position``/``velocity``/``effort`` that the spec reads must have one value per name;
 - Float64MultiArray: at least as many values as the highest index read;
-- LaserScan: at least one beam.
+- LaserScan: at least one beam;
+- an orientation read as gravity: a unit quaternion (|q|^2 within `UNIT_TOLERANCE` of 1; an IMU
+  without an orientation estimate publishes zeros, which must not read as "upright").
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,6 +54,9 @@ JOINT_FIELDS = ("position", "velocity", "effort")
 TRAJECTORY_FIELDS = ("positions", "velocities", "accelerations", "effort")
 TWIST_FIELDS = tuple(f"{a}.{c}" for a in ("linear", "angular") for c in "xyz")
 INTERFACES = ("position", "velocity", "effort")
+QUATERNION = "geometry_msgs/Quaternion"
+QUATERNION_COMPONENTS = ("x", "y", "z", "w")  # ROS order (MuJoCo's is w, x, y, z)
+UNIT_TOLERANCE = 0.1  # an orientation read as gravity: |q|^2 within this of 1
 
 
 class MessageRejected(ValueError):
@@ -82,6 +93,7 @@ class MessageType:
     writer: Callable[[Any, Sequence[Element], np.ndarray, Make], None] | None = None
     command_reader: Callable[[Sequence[Element]], Callable[[Any], np.ndarray]] | None = None
     interface: Callable[[Element], str | None] = lambda e: None
+    nested: dict[str, str] = field(default_factory=dict)  # field path -> nested message type
 
     @property
     def is_observation(self) -> bool:
@@ -113,6 +125,90 @@ def _finite_or_reject(values: np.ndarray, what: str) -> np.ndarray:
         bad = np.flatnonzero(~np.isfinite(values)).tolist()
         raise MessageRejected("non_finite", f"{what}: NaN or Inf at {bad}")
     return values
+
+
+# --------------------------------------------------------------------------------------------
+# Transforms: how an observation element's raw value is made from what its field holds
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Transform:
+    """One transform of the table.
+
+    `reads`: None when the element's field is a number, or the type of the nested message the
+    field holds, whose `components` are read (in that order). `fn` maps the values read, shape
+    (n, len(components) or 1), to the elements' raw values, shape (n,); None is the identity.
+    """
+
+    name: str
+    fn: Callable[[np.ndarray], np.ndarray] | None = None
+    reads: str | None = None
+    components: tuple[str, ...] = ()
+
+    @property
+    def width(self) -> int:
+        """How many numbers an element with this transform reads."""
+        return len(self.components) or 1
+
+
+def gravity_in_body(q: np.ndarray) -> np.ndarray:
+    """The unit gravity direction in the body frame, (n, 3), from orientations q, (n, 4).
+
+    q = (x, y, z, w) (ROS order) rotates body into world (sensor_msgs/Imu.orientation, z up).
+    g_b = R(q)^T (0, 0, -1) is minus the third row of R:
+    g_x = 2(w y - x z), g_y = -2(y z + w x), g_z = 2(x^2 + y^2) - 1 (upright: (0, 0, -1); nose
+    pitched down by a positive rotation about the body y axis: g_x = sin(pitch) > 0, gravity
+    leans towards the nose; a positive roll about x, left side up: g_y = -sin(roll) < 0, gravity
+    leans to the right, -y). Each term is divided by |q|^2, exact for any scaled unit
+    quaternion. Raises MessageRejected unless |q|^2 is within `UNIT_TOLERANCE` of 1.
+    """
+    return np.stack([_gravity(axis)(q) for axis in range(3)], axis=1)
+
+
+def _gravity(axis: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Component `axis` of `gravity_in_body` (a transform reads one component per element)."""
+
+    def component(q: np.ndarray) -> np.ndarray:
+        q = np.asarray(q, np.float64)
+        x, y, z, w = q.T
+        n = x * x + y * y + z * z + w * w
+        bad = ~(np.abs(n - 1.0) <= UNIT_TOLERANCE)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise MessageRejected(
+                "not_unit_quaternion",
+                f"orientation (x, y, z, w) = {q[i].tolist()} "
+                f"has |q|^2 = {float(n[i]):.3g}, expected a unit quaternion (an IMU without an "
+                "orientation estimate publishes zeros)",
+            )
+        if axis == 0:
+            return 2.0 * (w * y - x * z) / n
+        if axis == 1:
+            return -2.0 * (y * z + w * x) / n
+        return 2.0 * (x * x + y * y) / n - 1.0
+
+    return component
+
+
+TRANSFORMS: dict[str, Transform] = {
+    t.name: t
+    for t in (
+        Transform("identity"),
+        Transform("sin", lambda v: np.sin(v[:, 0])),
+        Transform("cos", lambda v: np.cos(v[:, 0])),
+        *(
+            Transform(f"gravity_{a}", _gravity(i), QUATERNION, QUATERNION_COMPONENTS)
+            for i, a in enumerate("xyz")
+        ),
+    )
+}
+
+
+def input_paths(e: Element) -> list[str]:
+    """The number fields an element reads: its field, or the components of the nested message
+    its transform reads (``orientation.x`` ... ``orientation.w``). Action elements have no
+    transform and read their field."""
+    t = TRANSFORMS[getattr(e, "transform", "identity")]
+    return [f"{e.field}.{c}" for c in t.components] if t.components else [e.field]
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,11 +374,11 @@ def _check_field_path(e: Element) -> None:
 
 
 def _number_paths(elements: Sequence[Element]) -> list[FieldPath]:
-    return [FieldPath(e.name, e.field, "number") for e in elements]
+    return [FieldPath(e.name, p, "number") for e in elements for p in input_paths(e)]
 
 
 def _read_fields(elements: Sequence[Element]) -> Callable[[Any], np.ndarray]:
-    paths = [e.field for e in elements]
+    paths = [p for e in elements for p in input_paths(e)]
 
     def read(msg: Any) -> np.ndarray:
         return _finite_or_reject(
@@ -386,6 +482,7 @@ MESSAGE_TYPES: dict[str, MessageType] = {
             _number_paths,
             check_observation=_check_field_path,
             reader=_read_fields,
+            nested={"orientation": QUATERNION},
         ),
         MessageType(
             "sensor_msgs/LaserScan",
@@ -398,6 +495,7 @@ MESSAGE_TYPES: dict[str, MessageType] = {
             _number_paths,
             check_observation=_check_field_path,
             reader=_read_fields,
+            nested={"pose.pose.orientation": QUATERNION},
         ),
         MessageType(
             "geometry_msgs/Twist",

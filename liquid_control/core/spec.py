@@ -8,8 +8,10 @@ sees on the robot. Reading messages into vectors (and vectors into messages) is 
 Observation element i of the raw vector is read from ``topic`` (a message of ``msg_type``) at
 ``field`` (a dotted attribute path); ``key`` picks a joint by name (JointState), ``index`` an array
 element (Float64MultiArray) or an angular sector of a LaserScan (``sectors`` equal sectors, the
-element is the nearest return in that sector). ``transform`` (sin/cos) applies afterwards. The policy
-sees ``(raw - mean) / std``.
+element is the nearest return in that sector). ``transform`` (sin/cos) applies afterwards; the
+``gravity_x|y|z`` transforms read a whole orientation quaternion (an Imu's ``orientation``) as the
+unit gravity direction in the body frame (`message_types.gravity_in_body`). The policy sees
+``(raw - mean) / std``.
 
 Action element j is ``clip(offset + scale * u_j, low, high)`` for the network output ``u_j`` and is
 written to ``topic`` at ``field`` (``key`` = joint name for JointTrajectory, ``index`` = slot in a
@@ -33,6 +35,7 @@ from .message_types import (
     TRAJECTORY_FIELDS,
     ElementInvalid,
 )
+from .message_types import TRANSFORMS as TRANSFORM_TABLE  # name -> Transform; TRANSFORMS: names
 
 __all__ = [
     "ACTION_TYPES",
@@ -45,7 +48,7 @@ __all__ = [
     "SpecError",
 ]
 
-TRANSFORMS = ("identity", "sin", "cos")
+TRANSFORMS = tuple(TRANSFORM_TABLE)
 # Bounds that keep every spec a robot could use, and refuse what only a crafted file would hold.
 MAX_ELEMENTS = 4096
 MAX_INDEX = 1_000_000
@@ -150,6 +153,13 @@ class ObservationElement:
         if self.transform not in TRANSFORMS:
             raise SpecError(
                 f"{where}.transform: expected one of {TRANSFORMS}, got {self.transform!r}"
+            )
+        reads = TRANSFORM_TABLE[self.transform].reads
+        if reads is not None and entry.nested.get(self.field) != reads:
+            holds = [f for f, t in entry.nested.items() if t == reads]
+            raise SpecError(
+                f"{where}.transform: {self.transform!r} reads a {reads} field; {self.msg_type} "
+                f"field {self.field!r} is not one (its {reads} fields: {holds or 'none'})"
             )
         _table_check(entry.check_observation, self, where)
         _finite(f"{where}.mean", self.mean)

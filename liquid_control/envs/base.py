@@ -24,6 +24,7 @@ import mujoco
 import numpy as np
 
 from liquid_control.core.adapters import ObservationAssembler, message_from_fields
+from liquid_control.core.safety import robot_safe_action
 from liquid_control.core.spec import InterfaceSpec
 
 SIM_DIR_ENV = "LIQUID_CONTROL_SIM_DIR"
@@ -256,7 +257,8 @@ class MujocoRobotEnv(gym.Env):
         self._reset_state()
         self._forward_time = None
         self.sync()
-        self.last_action = np.zeros(self.interface_spec.action_dim)
+        # the command the robot held before the first one: its safe action (a standing pose)
+        self.last_action = robot_safe_action(self.interface_spec)
         self.next_control_period_s = None
         obs = self.observation()
         return obs, {"dt": 0.0, **self._reset_info()}

@@ -5,7 +5,8 @@ the tick alone (see liquid_control/ros/_ctick.c).
   topic (csrc/cdr.h), from the message class's own type description (``SLOT_TYPES``, as
   `wire.decoder_for` walks it) and the spec's elements for the topic (as the message table's
   reader reads them). `Unsupported` where the compiled path does not cover the type (wide
-  strings, chars, a reader kind it lacks): the loop then keeps the Python tick.
+  strings, chars, a reader kind it lacks, a transform it lacks such as ``gravity_z``): the loop
+  then keeps the Python tick.
 - `tick_module()`: the `_ctick_<hash>` build for the ROS install in use (the hash names the
   install's prefix; a build for another install is never imported).
 - `build(loop)`: a started-ready `Tick` for a `ControlLoop` (its subscriptions, publishers,
@@ -148,6 +149,12 @@ def reader_description(cls: type, elements: Sequence[Any], max_bytes: int) -> tu
     kind = _KINDS.get(msg_type)
     if kind is None:
         raise Unsupported(f"{msg_type}: no compiled reader")
+    for e in elements:
+        if e.transform not in _TRANSFORMS:
+            raise Unsupported(
+                f"element {e.name!r}: transform {e.transform!r} is not compiled "
+                f"(only {list(_TRANSFORMS)})"
+            )
     k = len(elements)
     if k > MAX_REGISTERS:
         raise Unsupported(f"{k} values from one topic (at most {MAX_REGISTERS})")
