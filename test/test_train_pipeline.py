@@ -779,3 +779,25 @@ def test_a_run_from_before_a_new_config_key_still_resumes(tmp_path: Path) -> Non
     changed = config_from_dict({**TINY, "seed": 9})
     with pytest.raises(RunFolderError, match=r"seed: 3 -> 9"):
         prepare_run_folder(changed, tmp_path, resume=True)
+
+
+def test_timings_keep_the_part_of_a_stage_before_a_kill(tmp_path: Path) -> None:
+    import time
+
+    from liquid_control.train.io import read_json
+    from liquid_control.train.pipeline import StageClock
+
+    path = tmp_path / "timings.json"
+    first = StageClock(path, {}, "teacher", every_s=0.05)
+    time.sleep(0.3)
+    killed = read_json(path)  # what a kill -9 now would leave (the clock is never stopped)
+    assert 0.15 <= killed["teacher"] <= 0.4 and "teacher_cpu" in killed
+    first._done.set()  # (the killed process's clock writes no more)
+    first._thread.join()
+    resumed = StageClock(path, read_json(path), "teacher", every_s=10.0)
+    time.sleep(0.1)
+    part = resumed.stop()
+    total = read_json(path)["teacher"]
+    assert part == pytest.approx(0.1, abs=0.08)
+    # the killed part and the resumed part add up (the killed clock may have written once more)
+    assert total == pytest.approx(killed["teacher"] + part, abs=0.06)

@@ -10,6 +10,7 @@ checkpointed atomically so that ``--resume`` after a kill continues from the las
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -17,6 +18,40 @@ from .config import ConfigError, TrainConfig, config_from_dict
 from .io import read_json, write_json
 
 STAGES = ("teacher", "distill", "finetune", "evaluate", "export")
+
+
+class StageClock:
+    """Wall and CPU seconds of a stage (this process), summed over resumes in ``timings.json``.
+
+    While the stage runs a daemon thread writes the running totals every `every_s` seconds, so a
+    killed run loses at most that much of the stage's time; `stop()` writes the final totals and
+    returns the wall seconds of this part."""
+
+    def __init__(self, path: Path, timings: dict, stage: str, every_s: float = 10.0) -> None:
+        self.path, self.timings, self.stage, self.every_s = path, timings, stage, every_s
+        self.base = (timings.get(stage, 0.0), timings.get(f"{stage}_cpu", 0.0))
+        self.start, self.cpu_start = time.monotonic(), time.process_time()
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="stage_clock", daemon=True)
+        self._thread.start()
+
+    def _write(self) -> float:
+        with self._lock:
+            elapsed = time.monotonic() - self.start
+            self.timings[self.stage] = self.base[0] + elapsed
+            self.timings[f"{self.stage}_cpu"] = self.base[1] + time.process_time() - self.cpu_start
+            write_json(self.path, self.timings)
+            return elapsed
+
+    def _run(self) -> None:
+        while not self._done.wait(self.every_s):
+            self._write()
+
+    def stop(self) -> float:
+        self._done.set()
+        self._thread.join()
+        return self._write()
 
 
 class RunFolderError(RuntimeError):
@@ -160,31 +195,30 @@ def run_pipeline(
         partial = (out / stage).is_dir() and any((out / stage).iterdir())
         print(f"{stage}: {'continuing from its last checkpoint' if partial else 'starting'}",
               flush=True)  # fmt: skip
-        start, cpu_start = time.monotonic(), time.process_time()
-        if stage == "teacher":
-            from .teacher import train_teacher
+        clock = StageClock(timings_path, timings, stage)
+        try:
+            if stage == "teacher":
+                from .teacher import train_teacher
 
-            train_teacher(cfg, out, progress)
-        elif stage == "distill":
-            from .distill import distill
+                train_teacher(cfg, out, progress)
+            elif stage == "distill":
+                from .distill import distill
 
-            distill(cfg, out, progress)
-        elif stage == "finetune":
-            from .finetune import finetune
+                distill(cfg, out, progress)
+            elif stage == "finetune":
+                from .finetune import finetune
 
-            finetune(cfg, out, progress)
-        elif stage == "evaluate":
-            from .evaluate import evaluate_run
+                finetune(cfg, out, progress)
+            elif stage == "evaluate":
+                from .evaluate import evaluate_run
 
-            evaluate_run(cfg, out, progress)
-        elif stage == "export":
-            from .export import export_run
+                evaluate_run(cfg, out, progress)
+            elif stage == "export":
+                from .export import export_run
 
-            export_run(cfg, out)
-        # wall and CPU seconds of each stage (this process), summed over resumes
-        timings[stage] = timings.get(stage, 0.0) + time.monotonic() - start
-        timings[f"{stage}_cpu"] = timings.get(f"{stage}_cpu", 0.0) + time.process_time() - cpu_start
-        write_json(timings_path, timings)
-        print(f"{stage}: finished in {(time.monotonic() - start) / 60:.1f} min "
+                export_run(cfg, out)
+        finally:
+            elapsed = clock.stop()
+        print(f"{stage}: finished in {elapsed / 60:.1f} min "
               f"({timings[stage] / 60:.1f} min in all)", flush=True)  # fmt: skip
     return out
