@@ -22,6 +22,7 @@ from liquid_control.envs.go2 import (
     COMMAND_RANGES,
     JOINTS,
     STAND,
+    TARGET_RANGE,
     Go2WalkEnv,
     spec,
 )
@@ -291,6 +292,7 @@ GO2_TINY = {
     },
     "teacher": {
         "algo": "PPO", "total_timesteps": 2048, "n_envs": 2, "net_arch": [32, 32],
+        "normalize_actions": True,
         "hyperparams": {"n_steps": 256, "batch_size": 256, "n_epochs": 2},
         "eval_freq": 1024, "eval_episodes": 1, "checkpoint_freq": 1024,
     },
@@ -313,6 +315,14 @@ def test_the_training_pipeline_runs_end_to_end_on_the_go2_on_a_tiny_budget(tmp_p
 
     run = tmp_path / "run"
     run_pipeline(config_from_dict(GO2_TINY), run, progress=False)
+    # a PPO teacher acting in [-1, 1] starts near the middle of the bounds: the standing pose
+    from liquid_control.train.teacher import Teacher
+
+    teacher = Teacher.load(run / "teacher", "PPO")
+    env = Go2WalkEnv()
+    obs, _ = env.reset(seed=0)
+    first = teacher.act(obs[None])[0]
+    assert teacher.rescaled and np.all(np.abs(first - STAND) < 0.5 * TARGET_RANGE), first - STAND
     rows = json.loads((run / "evaluate" / "results.json").read_text())
     assert {r["case"] for r in rows} == {"nominal", "friction_scale=0.5"}
     assert all(0.0 <= r["mean_abs_delta"] <= 1.0 for r in rows)

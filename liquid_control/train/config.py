@@ -54,6 +54,7 @@ class TeacherConfig:
     eval_episodes: int = 5
     checkpoint_freq: int = 20_000  # environment steps between resumable checkpoints
     subproc_envs: bool = False  # step the n_envs training envs in worker processes
+    normalize_actions: bool = False  # the teacher acts in [-1, 1], rescaled to the env's bounds
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,9 @@ DOCS: dict[str, str] = {
     "teacher.checkpoint_freq": "environment steps between resumable checkpoints",
     "teacher.subproc_envs": "step the n_envs training envs in parallel worker processes "
     "(SubprocVecEnv; worth it where an env step costs more than the process round trip)",
+    "teacher.normalize_actions": "the teacher acts in [-1, 1], rescaled to the env's action "
+    "bounds (SB3's advice for PPO: its first actions are then the middle of the bounds, a "
+    "standing pose for the Go2, not 0 in robot units)",
     "student": "the LTC student on an NCP wiring (AutoNCP)",
     "student.units": "neurons; the motor neurons are one per action of the env, the rest are "
     "split into command and inter neurons",

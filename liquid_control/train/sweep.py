@@ -262,7 +262,7 @@ def _sweep_on_ray(
         raise ConfigError(f"--ray-address {address}: cannot connect ({exc})") from None
     try:
         teacher = {f.name: f.read_bytes() for f in (out / "base" / "teacher").iterdir()
-                   if f.is_file() and f.name in ("model.zip", "obs_norm.json", "done.json")}  # fmt: skip
+                   if f.is_file() and f.name in ("model.zip", "obs_norm.json", "actions.json", "done.json")}  # fmt: skip
         trainable = tune.with_parameters(
             _ray_trial, cfg_dict={k: v for k, v in cfg.to_dict().items() if k != "source"},
             teacher=teacher, seeds=seeds, episodes=episodes,

@@ -20,6 +20,9 @@ from .config import TrainConfig
 from .envs import make_env
 from .io import read_json, write_json
 
+# the env's action bounds of a teacher that acts in [-1, 1] (teacher.normalize_actions)
+ACTIONS_FILE = "actions.json"
+
 
 def _algo(name: str):
     from stable_baselines3 import PPO, SAC
@@ -30,22 +33,32 @@ def _algo(name: str):
 class Teacher:
     """A trained SB3 policy queried on raw observations (robot units) -> actions (robot units)."""
 
-    def __init__(self, model: Any, norm: dict[str, Any] | None) -> None:
+    def __init__(
+        self, model: Any, norm: dict[str, Any] | None, bounds: dict[str, Any] | None = None
+    ) -> None:
         self.model = model
         self.norm = norm
         if norm:
             self._mean = np.asarray(norm["mean"], np.float64)
             self._scale = 1.0 / np.sqrt(np.asarray(norm["var"], np.float64) + norm["epsilon"])
             self._clip = float(norm["clip_obs"])
+        # `bounds` (actions.json): the model acts in [-1, 1], mapped onto the env's bounds
         space = model.action_space
-        self.low, self.high = space.low.astype(np.float64), space.high.astype(np.float64)
+        self.rescaled = bounds is not None
+        source = bounds if bounds is not None else {"low": space.low, "high": space.high}
+        self.low = np.asarray(source["low"], np.float64)
+        self.high = np.asarray(source["high"], np.float64)
 
     @classmethod
     def load(cls, teacher_dir: str | os.PathLike, algo: str) -> Teacher:
         teacher_dir = Path(teacher_dir)
         model = _algo(algo).load(teacher_dir / "model.zip", device="cpu")
-        norm_path = teacher_dir / "obs_norm.json"
-        return cls(model, read_json(norm_path) if norm_path.exists() else None)
+        norm_path, bounds_path = teacher_dir / "obs_norm.json", teacher_dir / ACTIONS_FILE
+        return cls(
+            model,
+            read_json(norm_path) if norm_path.exists() else None,
+            read_json(bounds_path) if bounds_path.exists() else None,
+        )
 
     def normalize(self, obs: np.ndarray) -> np.ndarray:
         if not self.norm:
@@ -57,7 +70,10 @@ class Teacher:
         action, _ = self.model.predict(
             self.normalize(np.asarray(obs, np.float64)), deterministic=True
         )
-        return np.clip(np.asarray(action, np.float64), self.low, self.high)
+        action = np.asarray(action, np.float64)
+        if self.rescaled:
+            action = self.low + (np.clip(action, -1.0, 1.0) + 1.0) * (self.high - self.low) / 2.0
+        return np.clip(action, self.low, self.high)
 
     @property
     def parameter_count(self) -> int:
@@ -112,7 +128,12 @@ def _make_venv(cfg: TrainConfig, seed: int, n_envs: int, training: bool):
 
     def factory(i: int):
         def make():
-            return Monitor(make_env(cfg.env, seed=seed + i, randomize=training))
+            env = make_env(cfg.env, seed=seed + i, randomize=training)
+            if cfg.teacher.normalize_actions:
+                import gymnasium as gym
+
+                env = gym.wrappers.RescaleAction(env, -1.0, 1.0)
+            return Monitor(env)
 
         return make
 
@@ -134,6 +155,17 @@ def _make_venv(cfg: TrainConfig, seed: int, n_envs: int, training: bool):
     return venv
 
 
+def _write_action_bounds(cfg: TrainConfig, out: Path) -> None:
+    """actions.json: the env's action bounds, onto which a [-1, 1] teacher's actions map
+    (teacher.normalize_actions; nothing otherwise)."""
+    if not cfg.teacher.normalize_actions:
+        return
+    probe = make_env(cfg.env, seed=cfg.seed, randomize=False)
+    space = probe.action_space
+    write_json(out / ACTIONS_FILE, {"low": space.low.tolist(), "high": space.high.tolist()})
+    probe.close()
+
+
 def train_teacher(cfg: TrainConfig, run_dir: str | os.PathLike, progress: bool = True) -> Path:
     """Train (or resume, or skip if done) the teacher; returns its folder."""
     import torch
@@ -148,6 +180,7 @@ def train_teacher(cfg: TrainConfig, run_dir: str | os.PathLike, progress: bool =
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     venv = _make_venv(cfg, cfg.seed, t.n_envs, training=True)
     eval_env = _make_venv(cfg, cfg.seed + 10_000, 1, training=False)
+    _write_action_bounds(cfg, out)
     algo = _algo(t.algo)
     index = ckpt_dir / "checkpoint.json"
     if index.exists():
