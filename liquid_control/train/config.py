@@ -55,6 +55,7 @@ class TeacherConfig:
     checkpoint_freq: int = 20_000  # environment steps between resumable checkpoints
     subproc_envs: bool = False  # step the n_envs training envs in worker processes
     normalize_actions: bool = False  # the teacher acts in [-1, 1], rescaled to the env's bounds
+    log_std_init: float | None = None  # initial log std of the Gaussian policy (None: SB3's)
 
 
 @dataclass(frozen=True)

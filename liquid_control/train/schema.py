@@ -52,6 +52,9 @@ DOCS: dict[str, str] = {
     "teacher.normalize_actions": "the teacher acts in [-1, 1], rescaled to the env's action "
     "bounds (SB3's advice for PPO: its first actions are then the middle of the bounds, a "
     "standing pose for the Go2, not 0 in robot units)",
+    "teacher.log_std_init": "initial log standard deviation of the policy's Gaussian (null: "
+    "SB3's default, 0 for PPO, -3 for SAC); -1 explores with std 0.37 of the action half range "
+    "under normalize_actions",
     "student": "the LTC student on an NCP wiring (AutoNCP)",
     "student.units": "neurons; the motor neurons are one per action of the env, the rest are "
     "split into command and inter neurons",

@@ -199,7 +199,10 @@ def train_teacher(cfg: TrainConfig, run_dir: str | os.PathLike, progress: bool =
             device="cpu",
             verbose=0,
             tensorboard_log=str(out / "tb"),
-            policy_kwargs={"net_arch": list(t.net_arch)},
+            policy_kwargs={
+                "net_arch": list(t.net_arch),
+                **({} if t.log_std_init is None else {"log_std_init": t.log_std_init}),
+            },
             **t.hyperparams,
         )
         done_steps = 0
