@@ -23,7 +23,7 @@ $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
-	$(PY) -m pip install --quiet -e ".[ros,sim,train,test,scale,go2]" "$(TORCH_PIN)"
+	$(PY) -m pip install --quiet -e ".[ros,sim,train,test,scale,go2,panda]" "$(TORCH_PIN)"
 	touch $(STAMP)
 
 $(STAMP_JAZZY): setup.py

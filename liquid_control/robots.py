@@ -20,6 +20,7 @@ MuJoCo nor gymnasium: a launch file or the command line can list the robots chea
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -159,13 +160,12 @@ class Robot:
         if self.requires is None:
             return
         module, extra = self.requires
-        try:
-            importlib.import_module(module)
-        except ImportError:
+        # located, not imported: a package may import much (gymnasium-robotics: all its envs)
+        if importlib.util.find_spec(module) is None:
             raise RobotError(
                 f"robot {self.name!r} needs the Python package {module!r}: "
                 f"pip install 'liquid_control[{extra}]'"
-            ) from None
+            )
 
 
 def resolve(path: str) -> Any:
@@ -245,6 +245,34 @@ _BUILTIN: tuple[Robot, ...] = (
         train_config="config/train/go2.yaml",
         wrappers_config="config/wrappers_go2.yaml",
         demo_panel="liquid_control.envs.go2:demo_panel",
+    ),
+    Robot(
+        name="panda",
+        env_id="LiquidControl/PandaReach-v0",
+        entry_point="liquid_control.envs.panda:PandaReachEnv",
+        spec="liquid_control.envs.panda:spec",
+        max_episode_steps=300,
+        description="Franka Emika Panda reaching /goal_pose, 100 Hz, 7 joint position targets",
+        model=(
+            "gymnasium-robotics: gymnasium_robotics/envs/assets/kitchen_franka/franka_assets/ "
+            "(pip install 'liquid_control[panda]')"
+        ),
+        # the arm's position interface holds the ready pose soon after commands stop
+        sim_defaults={"command_timeout_s": 0.05},
+        operator_inputs=("/goal_pose",),
+        episode_figures=(
+            EpisodeFigure("reach_error_m", "reach_error_m", "last"),
+            EpisodeFigure("success", "success", "last"),
+            EpisodeFigure("success_steps", "success", "count"),
+            EpisodeFigure("joint_limit_violations", "joint_limit_violation", "count"),
+            EpisodeFigure("jerk_rms_rad_s3", "jerk_rad_s3", "rms"),
+            EpisodeFigure("jerk_max_rad_s3", "jerk_rad_s3", "max"),
+        ),
+        requires=("gymnasium_robotics", "panda"),
+        train_config="config/train/panda.yaml",
+        wrappers_config="config/wrappers_panda.yaml",
+        demo_seconds=6.0,
+        demo_panel="liquid_control.envs.panda:demo_panel",
     ),
 )
 

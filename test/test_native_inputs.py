@@ -13,7 +13,7 @@ import zlib
 
 import numpy as np
 import pytest
-from geometry_msgs.msg import Twist
+from geometry_msgs.msg import PoseStamped, Twist
 from nav_msgs.msg import Odometry
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Imu, JointState, LaserScan
@@ -54,6 +54,14 @@ SPECS = {
             Obs("x", "/odom", "nav_msgs/Odometry", "pose.pose.position.x"),
             Obs("vx", "/odom", "nav_msgs/Odometry", "twist.twist.linear.x"),
             Obs("sec", "/odom", "nav_msgs/Odometry", "header.stamp.sec"),
+        ],
+    ),
+    "pose": (
+        PoseStamped,
+        [
+            Obs("gx", "/goal_pose", "geometry_msgs/PoseStamped", "pose.position.x"),
+            Obs("gz", "/goal_pose", "geometry_msgs/PoseStamped", "pose.position.z"),
+            Obs("qw", "/goal_pose", "geometry_msgs/PoseStamped", "pose.orientation.w"),
         ],
     ),
     "twist": (Twist, [Obs("w", "/t", "geometry_msgs/Twist", "angular.z")]),
@@ -145,6 +153,12 @@ def make(name, rng):
         m.header.stamp.sec = rng.randint(-(2**31), 2**31 - 1)
         m.pose.pose.position.x, m.twist.twist.linear.x = value(rng), value(rng)
         return m
+    if name == "pose":
+        m = PoseStamped()
+        m.header.frame_id = rng.choice(["", "panda_link0", "ça"])
+        m.pose.position.x, m.pose.position.z = value(rng), value(rng)
+        m.pose.orientation.w = value(rng)
+        return m
     if name == "twist":
         m = Twist()
         m.angular.z = value(rng)
@@ -194,7 +208,7 @@ def test_compiled_reader_matches_the_python_path(name):
             seen.add(check(corrupt(data, rng), f"{name} message {k} corruption {j}"))
     # the cases were exercised: valid messages, malformed bytes and the type's own checks
     assert {"ok", "malformed"} <= seen, seen
-    if name in ("joints", "laser", "array", "imu"):
+    if name in ("joints", "laser", "array", "imu", "pose"):
         assert "non_finite" in seen, seen
     if name == "joints":
         assert {"missing_joint", "duplicate_joint", "wrong_length"} <= seen, seen

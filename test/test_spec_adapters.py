@@ -238,3 +238,70 @@ def test_compatibility_check_names_the_first_difference():
     d["actions"].pop()
     with pytest.raises(SpecError, match="actions: expected 5 elements, the new spec has 4"):
         spec.check_compatible(InterfaceSpec.from_dict(d))
+
+
+def goal_pose_spec() -> InterfaceSpec:
+    """A goal position from a PoseStamped, and its orientation read as the gravity direction in
+    the goal's frame."""
+    pose = "geometry_msgs/PoseStamped"
+    obs = [O(f"goal_{a}", "goal", pose, f"pose.position.{a}", unit="m") for a in "xyz"]
+    obs.append(O("goal_down_z", "goal", pose, "pose.orientation", transform="gravity_z"))
+    act = [A("u", "cmd", "std_msgs/Float64MultiArray", "data", index=0)]
+    return InterfaceSpec("arm", obs, act, 100.0)
+
+
+def pose_fields(position, orientation) -> dict:
+    return {
+        "header": {"frame_id": "panda_link0", "stamp": {"sec": 0, "nanosec": 0}},
+        "pose": {
+            "position": dict(zip("xyz", position, strict=True)),
+            "orientation": dict(zip("xyzw", orientation, strict=True)),
+        },
+    }
+
+
+numbers = st.one_of(st.floats(-1e6, 1e6), st.sampled_from([math.nan, math.inf, -math.inf]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(numbers, min_size=3, max_size=3),
+    st.lists(st.floats(-1, 1), min_size=4, max_size=4).filter(
+        lambda q: abs(sum(x * x for x in q) - 1.0) < 0.5
+    ),
+    st.sampled_from([0.0, math.nan]),
+)
+def test_a_pose_goal_reads_its_position_and_rejects_what_is_not_finite(position, q, unread):
+    """The values read are the position exactly (and the orientation's gravity), or the message
+    is rejected as non_finite exactly when a value read is not finite."""
+    n = math.sqrt(sum(x * x for x in q))
+    orientation = [x / n for x in q]
+    asm = ObservationAssembler(goal_pose_spec())
+    msg = message_from_fields(pose_fields(position, orientation))
+    msg.header.stamp.nanosec = unread  # a field no element reads: never checked
+    if all(math.isfinite(v) for v in position):
+        asm.update("goal", msg)
+        raw = asm.raw()
+        assert raw[:3].tolist() == position
+        x, y = orientation[0], orientation[1]
+        assert raw[3] == pytest.approx(2 * (x * x + y * y) - 1, abs=1e-9)
+    else:
+        with pytest.raises(MessageRejected) as err:
+            asm.update("goal", msg)
+        assert err.value.reason == "non_finite"
+        assert not asm.ready
+
+
+def test_a_pose_goal_without_a_unit_orientation_is_rejected_only_if_the_orientation_is_read():
+    zeros = message_from_fields(pose_fields([0.4, 0.0, 0.3], [0.0, 0.0, 0.0, 0.0]))
+    with pytest.raises(MessageRejected, match="not_unit_quaternion"):
+        ObservationAssembler(goal_pose_spec()).update("goal", zeros)
+    position_only = InterfaceSpec.from_dict(
+        {
+            **goal_pose_spec().to_dict(),
+            "observations": goal_pose_spec().to_dict()["observations"][:3],
+        }
+    )
+    asm = ObservationAssembler(position_only)
+    asm.update("goal", zeros)
+    assert asm.raw().tolist() == [0.4, 0.0, 0.3]

@@ -80,6 +80,9 @@ def messages(draw, msg_type: str):
         msg.pose.covariance = draw(st.lists(floats, min_size=36, max_size=36))
     elif msg_type == "geometry_msgs/Twist":
         msg.linear.x, msg.angular.z = draw(floats), draw(floats)
+    elif msg_type == "geometry_msgs/PoseStamped":
+        msg.pose.position.x, msg.pose.position.z = draw(floats), draw(floats)
+        msg.pose.orientation.y, msg.pose.orientation.w = draw(floats), draw(floats)
     else:
         dims = draw(st.lists(st.tuples(names, st.integers(0, 2**32 - 1)), max_size=3))
         dim_cls = message_class("std_msgs/MultiArrayDimension")
@@ -126,6 +129,29 @@ def test_the_readers_give_the_same_observation_from_bytes_and_from_messages() ->
     bad = message_class("sensor_msgs/JointState")(name=["j0", "j1"], position=[0.0, 0.0])
     with pytest.raises(MessageRejected, match="wrong_length"):
         by_bytes.update("/joint_states", decoder_for(type(bad))(serialize_message(bad)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(messages("geometry_msgs/PoseStamped"))
+def test_a_pose_goal_reads_the_same_from_bytes_and_from_the_message(msg) -> None:
+    """A goal position from a PoseStamped: the same values, or the same rejection, whether read
+    from rclpy's message or from the decoded bytes."""
+    pose = "geometry_msgs/PoseStamped"
+    obs = [
+        ObservationElement(name, "/goal_pose", pose, f"pose.{f}")
+        for name, f in (("gx", "position.x"), ("gz", "position.z"), ("qw", "orientation.w"))
+    ]
+    act = [ActionElement("u", "/cmd", "std_msgs/Float64MultiArray", "data", index=0)]
+    spec = InterfaceSpec("arm", obs, act, 100.0)
+    outcomes = []
+    for m in (msg, decoder_for(type(msg))(serialize_message(msg))):
+        asm = ObservationAssembler(spec)
+        try:
+            asm.update("/goal_pose", m)
+            outcomes.append(asm.raw().tobytes())
+        except MessageRejected as exc:
+            outcomes.append(exc.reason)
+    assert outcomes[0] == outcomes[1]
 
 
 @pytest.mark.parametrize(

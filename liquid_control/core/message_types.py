@@ -18,7 +18,8 @@ into an rclpy class). An entry says:
   targets on a ``hold`` safe action and zeroes everything else (a held velocity keeps a robot
   moving);
 - `nested`: the fields that hold a whole nested message a transform may read (an Imu's
-  ``orientation`` quaternion, read as projected gravity).
+  ``orientation`` quaternion, read as projected gravity; an Odometry's ``pose.pose.orientation``
+  and a PoseStamped's ``pose.orientation`` too).
 
 The transform table (`TRANSFORMS`) says how an observation element's raw value is made from what
 its field holds: ``identity``, ``sin`` or ``cos`` of a number, or ``gravity_x|y|z``, a component
@@ -496,6 +497,13 @@ MESSAGE_TYPES: dict[str, MessageType] = {
             check_observation=_check_field_path,
             reader=_read_fields,
             nested={"pose.pose.orientation": QUATERNION},
+        ),
+        MessageType(
+            "geometry_msgs/PoseStamped",
+            _number_paths,
+            check_observation=_check_field_path,
+            reader=_read_fields,
+            nested={"pose.orientation": QUATERNION},
         ),
         MessageType(
             "geometry_msgs/Twist",

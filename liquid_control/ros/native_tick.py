@@ -64,6 +64,7 @@ _KINDS = {
     "sensor_msgs/Imu": RD_FIELDS,
     "nav_msgs/Odometry": RD_FIELDS,
     "geometry_msgs/Twist": RD_FIELDS,
+    "geometry_msgs/PoseStamped": RD_FIELDS,
     "std_msgs/Float64MultiArray": RD_MULTIARRAY,
     "sensor_msgs/LaserScan": RD_LASER,
 }
