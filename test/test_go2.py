@@ -326,6 +326,9 @@ def test_the_training_pipeline_runs_end_to_end_on_the_go2_on_a_tiny_budget(tmp_p
     rows = json.loads((run / "evaluate" / "results.json").read_text())
     assert {r["case"] for r in rows} == {"nominal", "friction_scale=0.5"}
     assert all(0.0 <= r["mean_abs_delta"] <= 1.0 for r in rows)
+    # the robot's own episode figures, per agent and case (the falls and tracking error)
+    assert all({"fig_falls", "fig_velocity_error_rms_ms"} <= set(r) for r in rows)
+    assert all(r["fig_falls"] in (0.0, 1.0) for r in rows)  # 1 episode each: fell or not
     exported = sorted((run / "export").glob("*.lcp"))
     policy = Policy.load(exported[0])
     assert policy.spec.check_compatible(spec()) is None and policy.spec.action_dim == 12

@@ -5,7 +5,9 @@ nominal, then every configured perturbation alone. The LTC runs through the nump
 (`core.Policy`, what the robot executes), not through torch. Each row gives the returns and the
 smoothness of the actions sent (train/smoothness.py, mean over the episodes): ``mean_abs_delta``
 (mean |a[t] - a[t-1]| as a share of each action's range) and ``hf_energy`` (share of the action
-energy above a quarter of the control rate). Writes into ``RUN/evaluate/``:
+energy above a quarter of the control rate), and for our robots their registry entry's episode
+figures as ``fig_<name>`` (the Go2's falls and velocity error, the Panda's reach success, ...:
+episode means). Writes into ``RUN/evaluate/``:
 ``results.csv``, ``results.md`` (table), ``results.json``, ``learning_curves.png``,
 ``perturbations.png`` and ``ltc_activity.png`` (motor and hidden neuron states over one episode).
 """
@@ -25,7 +27,7 @@ from ..core.policy_file import atomic_write_bytes
 from .config import EnvConfig, TrainConfig
 from .envs import make_env, perturbation_cases
 from .io import read_json, write_json
-from .rollout import Episodes, PolicyAgent, TeacherAgent, TorchStudentAgent
+from .rollout import Episodes, PolicyAgent, TeacherAgent, TorchStudentAgent, mean_figures
 from .rollout import run_episodes as _run
 from .smoothness import Smoothness, mean_smoothness, table_cell
 
@@ -121,6 +123,8 @@ def evaluate_run(cfg: TrainConfig, run_dir: str | os.PathLike, progress: bool = 
                 }
             )
             smooth.append(mean_smoothness(result.actions, spec.action_low, spec.action_high))
+            # the robot's own figures (falls, tracking error, reach success), episode means
+            rows[-1].update({f"fig_{k}": v for k, v in mean_figures(result).items()})
             bar.update(1)
     bar.close()
     teacher_of = {r["case"]: r["mean_return"] for r in rows if r["agent"] == "teacher"}
@@ -168,6 +172,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     task = rows[0]["task"]
     nominal = cases[0]
     smooth_head = [f"smoothness \\|Δa\\| ({nominal})", f"hf energy ({nominal})"]
+    figs = [k for k in by[(agents[0], nominal)] if k.startswith("fig_")]
+    smooth_head += [f"{k[4:]} ({nominal})" for k in figs]
     lines = [
         f"| {task} | params | " + " | ".join([*cases, *smooth_head]) + " |",
         "|---|---:|" + "---:|" * (len(cases) + len(smooth_head)),
@@ -184,6 +190,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         cells += [
             table_cell(first.get("mean_abs_delta"), percent=True),
             table_cell(first.get("hf_energy")),
+            *(f"{first[k]:.3g}" if k in first else "-" for k in figs),
         ]
         lines.append(f"| {a} | {first['parameters']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

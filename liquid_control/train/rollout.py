@@ -20,6 +20,7 @@ import numpy as np
 
 from ..core.policy import Policy
 from ..core.spec import InterfaceSpec
+from ..robots import reduce_figures, robot_of_env
 
 
 class TeacherAgent:
@@ -99,12 +100,15 @@ class Episodes:
     returns: (episodes,) summed rewards; lengths: (episodes,) control steps.
     actions: per episode, (length, action_dim) the actions the agent sent, robot units (always
         kept: a few kB per episode, what the smoothness figures are computed from).
+    figures: per episode, the robot's episode figures (its registry entry's `episode_figures`:
+        falls, tracking error, reach success, ...), empty for envs that are not our robots.
     traces: per episode, {"obs", "action", "reward", "dt", "state"} arrays if record=True.
     """
 
     returns: np.ndarray
     lengths: np.ndarray
     actions: list[np.ndarray] = field(default_factory=list)
+    figures: list[dict[str, float]] = field(default_factory=list)
     traces: list[dict[str, np.ndarray]] = field(default_factory=list)
 
 
@@ -128,6 +132,9 @@ def run_episodes(
     returns, lengths = np.zeros(n), np.zeros(n, int)
     traces = [{"obs": [], "action": [], "reward": [], "dt": [], "state": []} for _ in range(n)]
     sent: list[list[np.ndarray]] = [[] for _ in range(n)]
+    figures = _episode_figures(envs[0])
+    keys = {f.info_key for f in figures}
+    infos: list[list[dict]] = [[] for _ in range(n)]
     while alive.any():
         actions = agent.act(obs, dt)
         state = getattr(agent, "last_state", None)
@@ -136,6 +143,8 @@ def run_episodes(
                 actions[i].astype(envs[i].action_space.dtype)
             )
             sent[i].append(actions[i].copy())
+            if keys:
+                infos[i].append({k: info[k] for k in keys if k in info})
             if record:
                 tr = traces[i]
                 tr["obs"].append(obs[i].copy())
@@ -154,10 +163,27 @@ def run_episodes(
                     progress.update(1)
     for env in envs:
         env.close()
-    out = Episodes(returns, lengths, [np.asarray(a, np.float64) for a in sent])
+    out = Episodes(
+        returns,
+        lengths,
+        [np.asarray(a, np.float64) for a in sent],
+        [reduce_figures(figures, steps) for steps in infos] if figures else [],
+    )
     if record:
         out.traces = [{k: np.asarray(v) for k, v in tr.items()} for tr in traces]
     return out
+
+
+def _episode_figures(env: gym.Env) -> tuple:
+    """The episode figures of the robot whose env this is (none for gymnasium's own envs)."""
+    robot = robot_of_env(env.spec.id) if env.spec is not None else None
+    return robot.episode_figures if robot is not None else ()
+
+
+def mean_figures(episodes: Episodes) -> dict[str, float]:
+    """Each episode figure averaged over the episodes that have it (a count: its mean count)."""
+    names = dict.fromkeys(k for f in episodes.figures for k in f)
+    return {k: float(np.mean([f[k] for f in episodes.figures if k in f])) for k in names}
 
 
 def _control_rate(env: gym.Env) -> float:
