@@ -155,6 +155,9 @@ class Watcher:
             10,
         )
         self.pause = n.create_client(SetBool, "/sim_node/pause")
+        self.spec = spec
+        self._stop_operating = threading.Event()
+        self._operator: threading.Thread | None = None
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(n)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
@@ -187,9 +190,42 @@ class Watcher:
         while not future.done() and time.monotonic() < deadline:
             time.sleep(0.01)
 
+    def operate(self, robot_name: str, rate_hz: float = 20.0) -> None:
+        """Publish the robot's operator inputs (a velocity command, a goal) from its registry
+        entry's `demo_operator(t_s)` at `rate_hz` wall, for the sim time of the moment, until
+        `close()`: the demo's operator, as `ros2 topic pub` or a joystick would be."""
+        robot = get_robot(robot_name)
+        if not robot.operator_inputs or robot.demo_operator is None:
+            return
+        from .core.adapters import fields_to_message
+        from .ros.messages import COMMAND_QOS, message_class
+
+        script = resolve(robot.demo_operator)
+        topics = self.spec.observation_topics()
+        publishers = {
+            t: (self.node.create_publisher(message_class(topics[t]), t, COMMAND_QOS), topics[t])
+            for t in robot.operator_inputs
+        }
+        self.operator_log: list[tuple[float, dict]] = []
+
+        def run() -> None:
+            while not self._stop_operating.wait(1.0 / rate_hz):
+                t = self.sim_time_s()
+                fields = script(t)
+                for topic, (pub, msg_type) in publishers.items():
+                    pub.publish(fields_to_message(message_class(msg_type)(), fields[topic]))
+                with self.lock:
+                    self.operator_log.append((t, fields))
+
+        self._operator = threading.Thread(target=run, name="demo_operator", daemon=True)
+        self._operator.start()
+
     def close(self) -> None:
         import rclpy
 
+        self._stop_operating.set()
+        if self._operator is not None:
+            self._operator.join(timeout=2.0)
         self.executor.shutdown()
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
@@ -238,6 +274,7 @@ def run_demo(
         sim_params["track_seed"] = track_seed
     sim_params.update(sim_overrides or {})
     watcher = Watcher(policy)
+    watcher.operate(robot)  # the robot's operator inputs, if it has any (a /cmd_vel script)
     nodes = [
         NodeProcess("liquid_control.ros.sim_node", sim_params, out / "sim_node.log"),
         NodeProcess(

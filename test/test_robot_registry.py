@@ -167,3 +167,19 @@ def test_a_robot_added_in_one_entry_runs_through_the_sim_node_and_the_policy_nod
             policy.stop()
             sim.stop()
         assert "robot tiny_arm" in sim.log_path.read_text()
+
+
+@pytest.mark.ros
+def test_the_demo_operates_a_robot_s_operator_inputs(tmp_path, monkeypatch) -> None:
+    from liquid_control.demo import run_demo
+
+    register_robot(fixture_robot.ROBOT)
+    for key, value in FIXTURE_ENV.items():  # (the demo's node processes inherit them)
+        monkeypatch.setenv(key, value)
+    policy_path = tmp_path / "tiny_arm.lcp"
+    save_test_policy(policy_path, fixture_robot.spec(), seed=2)
+    summary = run_demo("tiny_arm", policy_path, 2.0, 0, 0, tmp_path / "demo")
+    # the episode's last goal is the operator's second one: it reached the sim's env
+    assert summary["figures"]["goal_rad"] == pytest.approx(-0.4)
+    assert summary["replay_max_action_diff"] < 1e-6 and summary["episode_steps"] == 40
+    assert (tmp_path / "demo" / "demo_tiny_arm.png").is_file()

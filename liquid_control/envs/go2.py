@@ -475,3 +475,15 @@ def demo_panel(ax, policy, replay: dict, truth: list, episode: dict, sim_params:
         f"{cmd[:, 0].mean():.2f} m/s, wz {cmd[:, 1].mean():.2f} rad/s (means)",
     )
     ax.legend(fontsize=7)
+
+
+# The demo's operator: (start s, vx m/s, wz rad/s), 5 s each, inside the training ranges.
+DEMO_COMMANDS = ((0.0, 0.5, 0.0), (5.0, 0.8, 0.0), (10.0, 0.4, 0.6), (15.0, 0.6, -0.6))
+
+
+def demo_commands(t_s: float) -> dict[str, dict[str, Any]]:
+    """The /cmd_vel the demo's operator publishes at sim time `t_s` (a 20 s sequence)."""
+    _, vx, wz = [c for c in DEMO_COMMANDS if c[0] <= t_s][-1] if t_s >= 0 else DEMO_COMMANDS[0]
+    return {
+        CMD_VEL: {"linear": {"x": vx, "y": 0.0, "z": 0.0}, "angular": {"x": 0.0, "y": 0.0, "z": wz}}
+    }

@@ -477,3 +477,17 @@ def demo_panel(ax, policy, replay: dict, truth: list, episode: dict, sim_params:
         f"{100.0 * final:.1f} cm",
     )
     ax.legend(fontsize=7)
+
+
+# The demo's operator: a new goal every 1.5 s (m, base frame), inside the workspace.
+DEMO_GOALS = ((0.45, 0.0, 0.4), (0.5, 0.2, 0.3), (0.35, -0.2, 0.5), (0.55, -0.1, 0.25))
+
+
+def demo_goals(t_s: float) -> dict[str, dict[str, Any]]:
+    """The /goal_pose the demo's operator publishes at sim time `t_s`."""
+    x, y, z = DEMO_GOALS[int(max(t_s, 0.0) // 1.5) % len(DEMO_GOALS)]
+    pose = {
+        "position": {"x": x, "y": y, "z": z},
+        "orientation": {"x": 0.0, "y": 0.0, "z": 0.0, "w": 1.0},
+    }
+    return {GOAL_POSE: {"header": {"frame_id": "panda_link0"}, "pose": pose}}
