@@ -99,6 +99,25 @@ def apply_physics_scales(
     mujoco.mj_setConst(m, data)
 
 
+def make_position_servo(
+    m: mujoco.MjModel, actuator: int, joint: int, kp: float, kd: float, torque_nm: float
+) -> None:
+    """Turn `actuator` into a PD position servo of `joint`, as a ros2_control position interface
+    runs on a robot: tau = kp (ctrl - q) - kd dq (gain kp, affine bias [0, -kp, -kd], MuJoCo's
+    <position> actuator), limited to +-torque_nm, ctrl limited to the joint's range. The physics
+    applies it at every timestep; the motor_gain randomisation scales kp and kd together."""
+    m.actuator_gaintype[actuator] = mujoco.mjtGain.mjGAIN_FIXED
+    m.actuator_gainprm[actuator, :] = 0.0
+    m.actuator_gainprm[actuator, 0] = kp
+    m.actuator_biastype[actuator] = mujoco.mjtBias.mjBIAS_AFFINE
+    m.actuator_biasprm[actuator, :] = 0.0
+    m.actuator_biasprm[actuator, 1:3] = (-kp, -kd)
+    m.actuator_forcerange[actuator] = (-torque_nm, torque_nm)
+    m.actuator_forcelimited[actuator] = 1
+    m.actuator_ctrlrange[actuator] = m.jnt_range[joint]
+    m.actuator_ctrllimited[actuator] = 1
+
+
 class MujocoRobotEnv(gym.Env):
     """Base class: subclasses load a model, reset its state, read sensors and score a step.
 

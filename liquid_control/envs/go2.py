@@ -53,7 +53,7 @@ import numpy as np
 
 from liquid_control.core.spec import ActionElement, InterfaceSpec, ObservationElement
 
-from .base import MujocoRobotEnv
+from .base import MujocoRobotEnv, make_position_servo
 
 JOINT_STATES, IMU, CMD_VEL = "/joint_states", "/imu", "/cmd_vel"
 COMMAND_TOPIC = "/joint_group_position_controller/commands"
@@ -209,17 +209,7 @@ def servo_model(
     m = mujoco.MjModel.from_xml_path(path)
     m.opt.timestep = PHYSICS_TIMESTEP_S
     for i, name in enumerate(JOINTS):
-        a = _actuator_of(m, name)
-        m.actuator_gaintype[a] = mujoco.mjtGain.mjGAIN_FIXED
-        m.actuator_gainprm[a, :] = 0.0
-        m.actuator_gainprm[a, 0] = kp[i]
-        m.actuator_biastype[a] = mujoco.mjtBias.mjBIAS_AFFINE
-        m.actuator_biasprm[a, :] = 0.0
-        m.actuator_biasprm[a, 1:3] = (-kp[i], -kd[i])
-        m.actuator_forcerange[a] = (-torque_nm[i], torque_nm[i])
-        m.actuator_forcelimited[a] = 1
-        m.actuator_ctrlrange[a] = m.jnt_range[m.joint(name).id]
-        m.actuator_ctrllimited[a] = 1
+        make_position_servo(m, _actuator_of(m, name), m.joint(name).id, kp[i], kd[i], torque_nm[i])
     return m
 
 

@@ -60,7 +60,7 @@ import numpy as np
 
 from liquid_control.core.spec import ActionElement, InterfaceSpec, ObservationElement
 
-from .base import MujocoRobotEnv
+from .base import MujocoRobotEnv, make_position_servo
 
 JOINT_STATES, GOAL_POSE = "/joint_states", "/goal_pose"
 COMMAND_TOPIC = "/joint_group_position_controller/commands"
@@ -254,16 +254,7 @@ def arm_model(
         j, a = m.joint(name).id, m.actuator(name).id
         m.jnt_range[j] = (JOINT_LOW[i], JOINT_HIGH[i])
         m.dof_damping[m.jnt_dofadr[j]] = 0.0
-        m.actuator_gaintype[a] = mujoco.mjtGain.mjGAIN_FIXED
-        m.actuator_gainprm[a, :] = 0.0
-        m.actuator_gainprm[a, 0] = kp[i]
-        m.actuator_biastype[a] = mujoco.mjtBias.mjBIAS_AFFINE
-        m.actuator_biasprm[a, :] = 0.0
-        m.actuator_biasprm[a, 1:3] = (-kp[i], -kd[i])
-        m.actuator_forcerange[a] = (-torque_nm[i], torque_nm[i])
-        m.actuator_forcelimited[a] = 1
-        m.actuator_ctrlrange[a] = m.jnt_range[j]
-        m.actuator_ctrllimited[a] = 1
+        make_position_servo(m, a, j, kp[i], kd[i], torque_nm[i])
     return m
 
 
