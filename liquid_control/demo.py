@@ -561,7 +561,7 @@ def format_summary(s: dict) -> str:
     ]
     for name, value in s.get("figures", {}).items():
         shown = f"{value:.3f}" if isinstance(value, float) else str(value)
-        lines.append(f"{name:<22}{shown}")
+        lines.append(f"{name:<21} {shown}")
     lines += [
         f"control rate          {s['control_rate_hz_sim_time']:.2f} Hz sim time, {s['control_rate_hz_wall']:.2f} Hz "
         f"wall (nominal {s['control_rate_hz_nominal']:g} Hz)",

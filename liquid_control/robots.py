@@ -274,6 +274,7 @@ _BUILTIN: tuple[Robot, ...] = (
             EpisodeFigure("jerk_max_rad_s3", "jerk_rad_s3", "max"),
         ),
         requires=("gymnasium_robotics", "panda"),
+        policy="panda_ltc32.lcp",
         demo_operator="liquid_control.envs.panda:demo_goals",
         train_config="config/train/panda.yaml",
         wrappers_config="config/wrappers_panda.yaml",
