@@ -332,3 +332,37 @@ def test_the_training_pipeline_runs_end_to_end_on_the_go2_on_a_tiny_budget(tmp_p
     exported = sorted((run / "export").glob("*.lcp"))
     policy = Policy.load(exported[0])
     assert policy.spec.check_compatible(spec()) is None and policy.spec.action_dim == 12
+
+
+def test_a_fallen_go2_latches_the_standing_pose_in_the_safety_core(env) -> None:
+    """The deploy-side decision in pure code: the node's safety core, given a Go2 policy and an
+    observation of a robot tipped past 60 degrees, commands the standing pose (the spec's safe
+    action) and keeps it, upright again, until ~/reset."""
+    from liquid_control.core.safety import InputSample, SafetyConfig, SafetyCore, TickInput
+
+    config = SafetyConfig(
+        sensor_timeout_s=0.1, resume_after_fresh_samples=3, safe_action="spec",
+        reset_on_resume=True, max_action_rate=0.0, blend_s=0.0, max_dt_s=0.2,
+        use_measured_dt=True, watchdog_timeout_s=0.5,
+    )  # fmt: skip
+    s = spec()
+    core = SafetyCore(config, ActionSpace.from_spec(s), make_policy(s, seed=1, units=24), 0.02)
+    upright, _ = env.reset(seed=0)
+    fallen = upright.copy()
+    fallen[[obs_index(f"gravity_{a}") for a in "xyz"]] = (1.0, 0.0, 0.0)  # on its nose
+    t = 10.0
+
+    def tick(obs: np.ndarray, **flags):
+        nonlocal t
+        t += 0.02
+        inputs = {topic: InputSample(t, int(t * 50)) for topic in s.observation_topics()}
+        return core.tick(TickInput(t, t, inputs, obs, **flags))
+
+    assert tick(upright).commanding
+    cmd = tick(fallen)
+    assert not cmd.commanding and "gravity_z" in cmd.reasons[0]
+    np.testing.assert_array_equal(cmd.action, STAND)
+    held = tick(upright)
+    assert not held.commanding, "the latch holds with the robot upright again"
+    np.testing.assert_array_equal(held.action, STAND)
+    assert tick(upright, reset_requested=True).commanding
