@@ -99,6 +99,16 @@ def apply_physics_scales(
     mujoco.mj_setConst(m, data)
 
 
+def servo_gains(spec: InterfaceSpec) -> tuple[tuple[float, ...], ...]:
+    """(kp N m/rad, kd N m s/rad, torque limit N m) per action of a robot whose position
+    interface the spec describes (its extra's ``kp_nm_per_rad``, ``kd_nm_s_per_rad``,
+    ``torque_limits_nm``), as `make_position_servo` takes them."""
+    return tuple(
+        tuple(float(v) for v in spec.extra[k])
+        for k in ("kp_nm_per_rad", "kd_nm_s_per_rad", "torque_limits_nm")
+    )
+
+
 def make_position_servo(
     m: mujoco.MjModel, actuator: int, joint: int, kp: float, kd: float, torque_nm: float
 ) -> None:

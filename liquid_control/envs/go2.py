@@ -53,7 +53,7 @@ import numpy as np
 
 from liquid_control.core.spec import ActionElement, InterfaceSpec, ObservationElement
 
-from .base import MujocoRobotEnv, make_position_servo
+from .base import MujocoRobotEnv, make_position_servo, servo_gains
 
 JOINT_STATES, IMU, CMD_VEL = "/joint_states", "/imu", "/cmd_vel"
 COMMAND_TOPIC = "/joint_group_position_controller/commands"
@@ -255,11 +255,7 @@ class Go2WalkEnv(MujocoRobotEnv):
         s = spec()
         super().__init__(s, render_mode, width, height)
         self.model_path = model_path or packaged_model_path()
-        self._servo = (
-            tuple(s.extra["kp_nm_per_rad"]),
-            tuple(s.extra["kd_nm_s_per_rad"]),
-            tuple(s.extra["torque_limits_nm"]),
-        )
+        self._servo = servo_gains(s)
         self._stand = np.array(s.extra["safe_action"], np.float64)
         self._install_model(servo_model(self.model_path, *self._servo))
         self.command = np.zeros(3)

@@ -60,7 +60,7 @@ import numpy as np
 
 from liquid_control.core.spec import ActionElement, InterfaceSpec, ObservationElement
 
-from .base import MujocoRobotEnv, make_position_servo
+from .base import MujocoRobotEnv, make_position_servo, servo_gains
 
 JOINT_STATES, GOAL_POSE = "/joint_states", "/goal_pose"
 COMMAND_TOPIC = "/joint_group_position_controller/commands"
@@ -307,11 +307,7 @@ class PandaReachEnv(MujocoRobotEnv):
         s = spec()
         super().__init__(s, render_mode, width, height)
         self.model_dir = model_dir or packaged_model_dir()
-        self._servo = (
-            tuple(s.extra["kp_nm_per_rad"]),
-            tuple(s.extra["kd_nm_s_per_rad"]),
-            tuple(s.extra["torque_limits_nm"]),
-        )
+        self._servo = servo_gains(s)
         self._ready = np.array(s.extra["safe_action"], np.float64)
         self._install_model(arm_model(self.model_dir, *self._servo))
         self.goal = np.array([(lo + hi) / 2 for lo, hi in WORKSPACE.values()])
